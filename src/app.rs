@@ -1,0 +1,101 @@
+//! The whole request path in one place.
+//!
+//! ```text
+//!  client ──► HTTP edge (tower-http + axum, this file's `router`)
+//!             1. request id        x-request-id kept or made, echoed on every response
+//!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
+//!             3. hygiene           hop-by-hop headers stripped both ways
+//!             4. handler           body read (size + idle limits), parsed once into a
+//!                                  typed request, RequestContext created, pipeline run,
+//!                                  reply (JSON or SSE relay) or error written
+//!
+//!         ──► pipeline (tower, this file's `pipeline`), over typed requests
+//!             [planned] auth            virtual keys → tenant            (issue: keys & limits)
+//!             [planned] limits          requests, tokens, cost; reserve, then settle
+//!             [planned] experiments     A/B and canary: model, provider, prompt version
+//!             [planned] prompt          versioned templates from prompts/
+//!             [planned] redact          PII out on the way in, restored on the way back
+//!             [planned] cache           exact, per tenant
+//!             route                     public model → targets        (ctx.route)
+//!             [planned] resilience      retries, fallbacks, breakers, holds a stream
+//!                                       until its first content byte
+//!             dispatch                  one target: provider call, timeouts, usage
+//!
+//!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
+//! ```
+//!
+//! Layers read and write the typed `RequestContext`; none imports another.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::error::GatewayError;
+use crate::headers::REQUEST_ID;
+use crate::http::{handlers, hygiene, request_id::MakeId};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::pipeline::dispatch::Dispatch;
+use crate::pipeline::route::RouteLayer;
+use crate::reload::ConfigStore;
+
+/// What every handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<ConfigStore>,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    pub fn new(store: Arc<ConfigStore>) -> Self {
+        let metrics = store.shared().metrics.clone();
+        Self {
+            store,
+            pipeline: pipeline(),
+            metrics,
+        }
+    }
+}
+
+/// The pipeline, outermost layer first. Layers are built once; what they do per request
+/// comes from the request's config snapshot, so a reload never rebuilds this stack.
+pub fn pipeline() -> Pipeline {
+    let stack = ServiceBuilder::new().layer(RouteLayer).service(Dispatch);
+    BoxCloneSyncService::new(stack)
+}
+
+/// The HTTP application: routes, then the edge layers (outermost first).
+pub fn router(app: App) -> Router {
+    let edge = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .map_request(hygiene::strip_request)
+        .map_response(hygiene::strip_response);
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::list_models))
+        .route("/v1/models/{model}", get(handlers::retrieve_model))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::unknown_route)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(edge)
+        .with_state(app)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a request handler panicked");
+    // The panic hook has no request at hand; the request-id layer still puts the id in
+    // the response headers.
+    GatewayError::Internal("handler panicked".into()).into_http("")
+}

@@ -1,0 +1,203 @@
+//! The config file's shape, exactly as written by users. Unknown keys are rejected
+//! everywhere. `config/example.yaml` documents every key; a test parses it.
+//!
+//! Later sections (keys, limits, routing, prompts, redaction, cache, resilience,
+//! telemetry) are added as new top-level fields of [`RawConfig`], each with its own
+//! struct here and its own validation in `validate.rs`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: IndexMap<String, ProviderConfig>,
+    /// Public model names (what clients send as `model`) and where they are served.
+    #[serde(default)]
+    pub models: IndexMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public listener. Read at start only.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, chunked bodies included.
+    pub max_body_size: ByteSize,
+    /// How long a client may take to send the request head. Read at start only.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body.
+    #[serde(with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests (streams included) may finish.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_size: ByteSize::mib(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI or any server that speaks its API (vLLM, Ollama, Groq, DeepSeek, Together...).
+    Openai,
+    /// The built-in deterministic mock.
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// API root including the version segment, e.g. `https://api.openai.com/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Sent as `Authorization: Bearer <key>`. Present but empty (or null, which is what an
+    /// unset `${VAR:-}` leaves behind) means "not configured": the provider is then
+    /// unusable until the key is set. Absent means the server needs no key.
+    #[serde(default, deserialize_with = "present_string")]
+    pub api_key: Option<String>,
+    /// Extra headers sent with every upstream request.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    #[serde(default)]
+    pub timeouts: ProviderTimeouts,
+    /// Behaviour of a `mock` provider.
+    #[serde(default)]
+    pub mock: Option<MockConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTimeouts {
+    /// TCP + TLS connection setup.
+    #[serde(with = "duration")]
+    pub connect: Duration,
+    /// A whole non-streaming call; for a stream, until the response head arrives.
+    #[serde(with = "duration")]
+    pub request: Duration,
+    /// Longest silence allowed between two pieces of a streamed response.
+    #[serde(with = "duration")]
+    pub stream_idle: Duration,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(600),
+            stream_idle: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Delay before a non-streaming answer.
+    #[serde(with = "duration")]
+    pub latency: Duration,
+    /// Delay before the first chunk of a stream.
+    #[serde(with = "duration")]
+    pub time_to_first_token: Duration,
+    /// Delay between two chunks of a stream.
+    #[serde(with = "duration")]
+    pub chunk_interval: Duration,
+    /// Injected failures; the first whose dice roll hits applies.
+    pub faults: Vec<MockFault>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockFault {
+    /// Share of requests this fault hits, 0.0 to 1.0.
+    #[serde(default = "always")]
+    pub probability: f64,
+    /// Answer with this HTTP status...
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// ...and this body (default: an OpenAI-shaped error).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Never answer.
+    #[serde(default)]
+    pub hang: bool,
+    /// Streams only: cut the stream after this many chunks, without a terminal event.
+    #[serde(default)]
+    pub cut_after: Option<u32>,
+}
+
+/// A key that is present always yields `Some`, with `null` read as an empty string.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(d)?.unwrap_or_default()))
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub provider: String,
+    /// The model name the provider knows (default: the public name).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Relative share of traffic among this model's targets.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Durations written the human way: `250ms`, `30s`, `5m`.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            D::Error::custom(format!(
+                "expected a duration such as 500ms, 30s or 5m, got {text:?} ({e})"
+            ))
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Semantic checks on a parsed config, without I/O. Every problem is collected, each with
+//! the key path it concerns, so one run of `check-config` shows them all.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::ConfigError;
+use super::schema::{MockFault, ModelConfig, ProviderConfig, ProviderKind, RawConfig};
+use crate::headers::HOP_BY_HOP;
+
+pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
+    let mut errors = Errors::default();
+    validate_server(config, &mut errors);
+    for (name, provider) in &config.providers {
+        validate_provider(&format!("providers.{name}"), name, provider, &mut errors);
+    }
+    for (name, model) in &config.models {
+        validate_model(&format!("models.{name}"), name, model, config, &mut errors);
+    }
+    errors.0
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            location: None,
+            message: message.into(),
+        });
+    }
+
+    fn positive(&mut self, path: &str, value: Duration) {
+        if value.is_zero() {
+            self.push(path, "expected a duration greater than zero");
+        }
+    }
+}
+
+fn validate_server(config: &RawConfig, errors: &mut Errors) {
+    let server = &config.server;
+    if server.max_body_size.as_u64() == 0 {
+        errors.push("server.max_body_size", "expected a size greater than zero");
+    }
+    errors.positive("server.header_read_timeout", server.header_read_timeout);
+    errors.positive("server.body_idle_timeout", server.body_idle_timeout);
+}
+
+fn validate_name(path: &str, name: &str, errors: &mut Errors) {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if !ok {
+        errors.push(
+            path,
+            format!("invalid name {name:?}: expected letters, digits and - _ . : /"),
+        );
+    }
+}
+
+fn validate_provider(path: &str, name: &str, provider: &ProviderConfig, errors: &mut Errors) {
+    validate_name(path, name, errors);
+    let timeouts = &provider.timeouts;
+    errors.positive(&format!("{path}.timeouts.connect"), timeouts.connect);
+    errors.positive(&format!("{path}.timeouts.request"), timeouts.request);
+    errors.positive(
+        &format!("{path}.timeouts.stream_idle"),
+        timeouts.stream_idle,
+    );
+    match provider.kind {
+        ProviderKind::Openai => validate_http_provider(path, provider, errors),
+        ProviderKind::Mock => validate_mock_provider(path, provider, errors),
+    }
+}
+
+fn validate_http_provider(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
+    if provider.mock.is_some() {
+        errors.push(
+            format!("{path}.mock"),
+            "only allowed for providers of kind mock",
+        );
+    }
+    if let Some(url) = &provider.base_url {
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+            _ => errors.push(
+                format!("{path}.base_url"),
+                format!("expected an http(s) URL such as https://api.openai.com/v1, got {url:?}"),
+            ),
+        }
+    }
+    for (name, value) in &provider.headers {
+        let key_path = format!("{path}.headers.{name}");
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) if HOP_BY_HOP.contains(&header) || header == http::header::HOST => {
+                errors.push(key_path, "hop-by-hop and Host headers cannot be set")
+            }
+            Ok(header) if header == http::header::AUTHORIZATION && provider.api_key.is_some() => {
+                errors.push(
+                    key_path,
+                    "conflicts with api_key (which sets Authorization)",
+                )
+            }
+            Ok(_) if HeaderValue::from_str(value).is_err() => errors.push(
+                key_path,
+                "expected a header value of visible ASCII characters",
+            ),
+            Ok(_) => {}
+            Err(_) => errors.push(key_path, "expected a valid HTTP header name"),
+        }
+    }
+}
+
+fn validate_mock_provider(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
+    let not_for_mock = [
+        ("base_url", provider.base_url.is_some()),
+        ("api_key", provider.api_key.is_some()),
+        ("headers", !provider.headers.is_empty()),
+    ];
+    for (key, present) in not_for_mock {
+        if present {
+            errors.push(
+                format!("{path}.{key}"),
+                "not used by providers of kind mock",
+            );
+        }
+    }
+    let faults = provider.mock.iter().flat_map(|m| m.faults.iter());
+    for (index, fault) in faults.enumerate() {
+        validate_fault(&format!("{path}.mock.faults[{index}]"), fault, errors);
+    }
+}
+
+fn validate_fault(path: &str, fault: &MockFault, errors: &mut Errors) {
+    if !(0.0..=1.0).contains(&fault.probability) {
+        errors.push(
+            format!("{path}.probability"),
+            format!(
+                "expected a number from 0.0 to 1.0, got {}",
+                fault.probability
+            ),
+        );
+    }
+    let kinds = [
+        fault.status.is_some(),
+        fault.hang,
+        fault.cut_after.is_some(),
+    ];
+    if kinds.iter().filter(|set| **set).count() != 1 {
+        errors.push(path, "expected exactly one of status, hang or cut_after");
+    }
+    if let Some(status) = fault.status
+        && !(400..=599).contains(&status)
+    {
+        errors.push(
+            format!("{path}.status"),
+            format!("expected an error status from 400 to 599, got {status}"),
+        );
+    }
+    if fault.body.is_some() && fault.status.is_none() {
+        errors.push(format!("{path}.body"), "only allowed together with status");
+    }
+}
+
+fn validate_model(
+    path: &str,
+    name: &str,
+    model: &ModelConfig,
+    config: &RawConfig,
+    errors: &mut Errors,
+) {
+    validate_name(path, name, errors);
+    if model.targets.is_empty() {
+        errors.push(format!("{path}.targets"), "expected at least one target");
+    }
+    if !model.targets.is_empty() && model.targets.iter().all(|t| t.weight == 0) {
+        errors.push(
+            format!("{path}.targets"),
+            "expected at least one target with a weight above zero",
+        );
+    }
+    for (index, target) in model.targets.iter().enumerate() {
+        if !config.providers.contains_key(&target.provider) {
+            let known: Vec<&str> = config.providers.keys().map(String::as_str).collect();
+            errors.push(
+                format!("{path}.targets[{index}].provider"),
+                format!(
+                    "unknown provider {:?} (expected one of: {})",
+                    target.provider,
+                    known.join(", ")
+                ),
+            );
+        }
+        if target.model.as_deref() == Some("") {
+            errors.push(
+                format!("{path}.targets[{index}].model"),
+                "expected a non-empty model name",
+            );
+        }
+    }
+}

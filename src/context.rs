@@ -1,0 +1,224 @@
+//! The typed per-request context every layer shares, and the request's record.
+//!
+//! [`RequestContext`] travels down the pipeline by value: the edge creates it once, each
+//! layer reads what earlier layers wrote and adds its own decision. [`RequestRecord`] is the
+//! part that must outlive the pipeline call, because a streamed answer keeps producing
+//! facts (first token, usage, how it ended) after the layers have returned: it is shared
+//! by the context, the stream and the edge, and writes the access log line and the request
+//! metric when the last of them lets go of it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+use crate::error::GatewayError;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::snapshot::{ModelRoute, Snapshot};
+use crate::usage::Usage;
+
+/// Status logged for a request whose client went away before the answer was complete.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+pub struct RequestContext {
+    pub record: Arc<RequestRecord>,
+    /// The config this request runs on from start to end, even if a reload happens.
+    pub snapshot: Arc<Snapshot>,
+    /// The client's request headers, hop-by-hop headers removed.
+    pub headers: HeaderMap,
+    /// The public model and its targets, set by the route layer.
+    pub route: Option<Arc<ModelRoute>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// Moments in a request's life, measured from when the edge received it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// The first upstream attempt started.
+    pub upstream_start: Option<Duration>,
+    /// The upstream answered: the response head of a stream, the whole body otherwise.
+    pub first_byte: Option<Duration>,
+    /// The first chunk carrying content (text, tool call, refusal) arrived.
+    pub first_content: Option<Duration>,
+    /// The answer was complete.
+    pub end: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Mark {
+    UpstreamStart,
+    FirstByte,
+    FirstContent,
+    End,
+}
+
+pub struct RequestRecord {
+    pub request_id: Arc<str>,
+    pub endpoint: Endpoint,
+    received: Instant,
+    metrics: Arc<Metrics>,
+    state: Mutex<RecordState>,
+}
+
+#[derive(Default)]
+struct RecordState {
+    model: Option<Arc<str>>,
+    provider: Option<Arc<str>>,
+    upstream_model: Option<Arc<str>>,
+    stream: bool,
+    timings: Timings,
+    usage: Option<Usage>,
+    status: Option<u16>,
+    error: Option<&'static str>,
+    /// The client received the whole answer (or the whole error).
+    delivered: bool,
+}
+
+impl RequestRecord {
+    pub fn new(request_id: Arc<str>, endpoint: Endpoint, metrics: Arc<Metrics>) -> Self {
+        Self {
+            request_id,
+            endpoint,
+            received: Instant::now(),
+            metrics,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RecordState> {
+        // A panic while holding this lock cannot leave the record inconsistent in a way
+        // that matters for logging, so a poisoned lock is still used.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_stream(&self, stream: bool) {
+        self.state().stream = stream;
+    }
+
+    pub fn set_model(&self, model: Arc<str>) {
+        self.state().model = Some(model);
+    }
+
+    pub fn set_target(&self, provider: Arc<str>, upstream_model: Arc<str>) {
+        let mut state = self.state();
+        state.provider = Some(provider);
+        state.upstream_model = Some(upstream_model);
+    }
+
+    /// Records a moment; only the first occurrence of each counts.
+    pub fn mark(&self, mark: Mark) {
+        let elapsed = self.received.elapsed();
+        let mut state = self.state();
+        let slot = match mark {
+            Mark::UpstreamStart => &mut state.timings.upstream_start,
+            Mark::FirstByte => &mut state.timings.first_byte,
+            Mark::FirstContent => &mut state.timings.first_content,
+            Mark::End => &mut state.timings.end,
+        };
+        slot.get_or_insert(elapsed);
+    }
+
+    pub fn set_usage(&self, usage: Usage) {
+        self.state().usage = Some(usage);
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.state().usage
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.state().timings
+    }
+
+    /// The response head went out with this status. A complete (non-streamed) body counts
+    /// as delivered at once; a stream is delivered when it ends.
+    pub fn respond(&self, status: u16, streaming: bool) {
+        let mut state = self.state();
+        state.status = Some(status);
+        state.delivered = !streaming;
+    }
+
+    /// The request failed before any answer started.
+    pub fn fail(&self, error: &GatewayError) {
+        let mut state = self.state();
+        state.status = Some(error.status().as_u16());
+        state.error = Some(error.label());
+        state.delivered = true;
+    }
+
+    /// A stream ended: completely, or with an error event sent in place of `[DONE]`.
+    pub fn end_stream(&self, error: Option<&GatewayError>) {
+        self.mark(Mark::End);
+        let mut state = self.state();
+        state.error = error.map(GatewayError::label);
+        state.delivered = true;
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let total = self.received.elapsed();
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let status = match state.status {
+            Some(status) if state.delivered => status,
+            _ => CLIENT_CLOSED_REQUEST,
+        };
+        let model = state.model.clone().unwrap_or_else(|| Arc::from("unknown"));
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: self.endpoint.as_str(),
+                model,
+                status,
+            })
+            .inc();
+        log_access(&self.request_id, self.endpoint, status, total, state);
+    }
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn log_access(
+    request_id: &str,
+    endpoint: Endpoint,
+    status: u16,
+    total: Duration,
+    state: &RecordState,
+) {
+    let usage = state.usage.as_ref();
+    tracing::info!(
+        target: "switchyard::access",
+        request_id,
+        endpoint = endpoint.as_str(),
+        status,
+        model = state.model.as_deref(),
+        provider = state.provider.as_deref(),
+        upstream_model = state.upstream_model.as_deref(),
+        stream = state.stream,
+        prompt_tokens = usage.map(|u| u.prompt_tokens),
+        completion_tokens = usage.map(|u| u.completion_tokens),
+        usage_source = usage.map(|u| u.source.as_str()),
+        upstream_start_ms = millis(state.timings.upstream_start),
+        first_byte_ms = millis(state.timings.first_byte),
+        first_content_ms = millis(state.timings.first_content),
+        total_ms = total.as_secs_f64() * 1000.0,
+        error = state.error,
+        "request"
+    );
+}

@@ -1,0 +1,321 @@
+//! The one error type every layer and provider returns, and the one place it becomes an
+//! HTTP response.
+//!
+//! Variants are grouped by who is at fault (the client, the upstream provider, the gateway).
+//! Each knows its status, its OpenAI `type` and `code`, a bounded label for logs and
+//! metrics, and whether a retry could help. Clients only ever see the OpenAI error shape
+//! `{"error": {"message", "type", "param", "code", "request_id"}}`; a 5xx message never
+//! contains internal error text (that goes to the log under the same request id).
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+use crate::headers::{REQUEST_ID, SHOULD_RETRY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    // ---- the client's request is wrong
+    #[error("{message}")]
+    InvalidJson { message: String },
+    #[error("you must provide a '{field}' parameter")]
+    MissingField { field: &'static str },
+    #[error("{message}")]
+    InvalidParam { param: String, message: String },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body stalled for longer than {0:?}")]
+    BodyTimeout(Duration),
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("request carries both Transfer-Encoding and Content-Length")]
+    AmbiguousLength,
+    #[error("unknown request URL: {method} {path}")]
+    UnknownRoute { method: String, path: String },
+    #[error("method {method} is not allowed for {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the model '{model}' does not exist or you do not have access to it")]
+    ModelNotFound { model: String },
+
+    // ---- the gateway cannot serve this model right now (configuration)
+    #[error("the model '{model}' has no usable provider: {reason}")]
+    NoUsableTarget { model: String, reason: String },
+
+    // ---- the upstream provider failed
+    /// The provider answered with an error status; `message`, `kind`, `code` and `param`
+    /// come from its body when it was OpenAI-shaped.
+    #[error("provider '{provider}' returned {status}: {message}")]
+    Upstream {
+        provider: String,
+        status: StatusCode,
+        message: String,
+        kind: Option<String>,
+        code: Option<String>,
+        param: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    #[error("provider '{provider}' could not be reached: {detail}")]
+    UpstreamUnreachable { provider: String, detail: String },
+    #[error("provider '{provider}' did not answer within {after:?} ({phase})")]
+    UpstreamTimeout {
+        provider: String,
+        phase: &'static str,
+        after: Duration,
+    },
+    /// The provider answered something we cannot read: malformed JSON, a stream that
+    /// ended before its terminal event, an unexpected content type.
+    #[error("provider '{provider}' sent an invalid response: {detail}")]
+    UpstreamProtocol { provider: String, detail: String },
+
+    // ---- our own fault
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Who caused an error, for logs, metrics and retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson { .. }
+            | Self::MissingField { .. }
+            | Self::InvalidParam { .. }
+            | Self::BodyRead
+            | Self::AmbiguousLength => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NoUsableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream { status, .. } => *status,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Upstream { .. }
+            | Self::UpstreamUnreachable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamProtocol { .. } => Fault::Upstream,
+            Self::NoUsableTarget { .. } | Self::Internal(_) => Fault::Gateway,
+            _ => Fault::Client,
+        }
+    }
+
+    /// A bounded, stable label for logs and metrics (never user input).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::MissingField { .. } => "missing_field",
+            Self::InvalidParam { .. } => "invalid_param",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::BodyRead => "body_read",
+            Self::AmbiguousLength => "ambiguous_length",
+            Self::UnknownRoute { .. } => "unknown_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::ModelNotFound { .. } => "model_not_found",
+            Self::NoUsableTarget { .. } => "no_usable_target",
+            Self::Upstream { .. } => "upstream_status",
+            Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamProtocol { .. } => "upstream_protocol",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the same request could succeed if sent again (to this or another target).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Upstream { status, code, .. } => {
+                let quota = code.as_deref() == Some("insufficient_quota");
+                matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
+            }
+            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Upstream { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error `type`.
+    fn kind(&self) -> &str {
+        match self {
+            Self::Upstream {
+                kind: Some(kind), ..
+            } => kind,
+            _ => match self.status().as_u16() {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "invalid_request_error",
+                429 => "rate_limit_error",
+                400..=499 => "invalid_request_error",
+                _ => "api_error",
+            },
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        match self {
+            Self::InvalidJson { .. } => Some("invalid_json"),
+            Self::MissingField { .. } => Some("missing_required_parameter"),
+            Self::InvalidParam { .. } => Some("invalid_value"),
+            Self::BodyTooLarge { .. } => Some("request_too_large"),
+            Self::BodyTimeout(_) => Some("request_timeout"),
+            Self::BodyRead => Some("invalid_body"),
+            Self::AmbiguousLength => Some("invalid_request"),
+            Self::UnknownRoute { .. } => Some("unknown_url"),
+            Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::NoUsableTarget { .. } => Some("model_unavailable"),
+            Self::Upstream { code, .. } => code.as_deref(),
+            Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
+            Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Self::UpstreamProtocol { .. } => Some("upstream_invalid_response"),
+            Self::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::MissingField { field } => Some(field),
+            Self::InvalidParam { param, .. } => Some(param),
+            Self::ModelNotFound { .. } | Self::NoUsableTarget { .. } => Some("model"),
+            Self::Upstream { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The message a client may see. Upstream messages are the provider's own words;
+    /// everything else that is a 5xx gets a generic sentence, because the detail
+    /// (addresses, socket errors) belongs in our log, not in a response.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Upstream { message, .. } => message.clone(),
+            Self::UpstreamUnreachable { provider, .. } => {
+                format!("the upstream provider '{provider}' could not be reached")
+            }
+            Self::UpstreamTimeout {
+                provider, after, ..
+            } => format!(
+                "the upstream provider '{provider}' did not answer within {}",
+                humantime::format_duration(*after)
+            ),
+            Self::UpstreamProtocol { provider, .. } => {
+                format!(
+                    "the upstream provider '{provider}' sent a response the gateway could not read"
+                )
+            }
+            Self::Internal(_) => "the gateway failed to process the request".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The OpenAI-shaped JSON error body.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        let message = self.public_message();
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: &message,
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+                request_id,
+            },
+        };
+        // Serializing a struct of strings cannot fail.
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    /// The single place an error becomes an HTTP response.
+    pub fn into_http(self, request_id: &str) -> Response {
+        let mut response = (self.status(), self.body(request_id)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID, id);
+        }
+        if let Some(after) = self.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        if !self.is_retryable() {
+            headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_text_never_reaches_the_body() {
+        let err = GatewayError::UpstreamUnreachable {
+            provider: "openai".into(),
+            detail: "tcp connect error: 10.0.0.7:443 refused".into(),
+        };
+        let body = String::from_utf8(err.body("req_1").to_vec()).unwrap();
+        assert!(!body.contains("10.0.0.7"), "{body}");
+        assert!(body.contains("req_1"));
+        let internal = GatewayError::Internal("mutex poisoned at src/x.rs".into());
+        let body = String::from_utf8(internal.body("req_2").to_vec()).unwrap();
+        assert!(!body.contains("mutex"), "{body}");
+    }
+
+    #[test]
+    fn quota_errors_are_not_retryable() {
+        let upstream = |code: Option<&str>| GatewayError::Upstream {
+            provider: "p".into(),
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "m".into(),
+            kind: None,
+            code: code.map(str::to_owned),
+            param: None,
+            retry_after: None,
+        };
+        assert!(upstream(Some("rate_limit_exceeded")).is_retryable());
+        assert!(!upstream(Some("insufficient_quota")).is_retryable());
+    }
+}

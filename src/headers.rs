@@ -1,0 +1,22 @@
+//! Names of the HTTP headers Switchyard reads or writes, in one place.
+
+use http::HeaderName;
+
+/// Accepted from the client (or generated), echoed on every response, sent upstream.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Tells the OpenAI SDKs whether retrying could help; `false` on terminal errors so
+/// they do not multiply the gateway's own retries.
+pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never
+/// forwarded in either direction.
+pub const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];

@@ -1,0 +1,207 @@
+//! Route handlers. The two API handlers are the edge of the pipeline: they read and parse
+//! the body once, create the request context, run the pipeline and turn its reply (or
+//! error) into HTTP. Everything else here is small and read-only.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use tower::ServiceExt;
+use tower_http::request_id::RequestId;
+
+use super::relay::SseRelay;
+use super::{body, parse};
+use crate::api::models::{ModelList, ModelObject};
+use crate::app::App;
+use crate::context::{Endpoint, RequestContext, RequestRecord};
+use crate::error::GatewayError;
+use crate::pipeline::{Call, GatewayRequest};
+use crate::snapshot::ModelRoute;
+use crate::stream::Reply;
+
+pub async fn chat_completions(State(app): State<App>, request: Request) -> Response {
+    serve(app, request, Endpoint::ChatCompletions, parse::chat).await
+}
+
+pub async fn embeddings(State(app): State<App>, request: Request) -> Response {
+    serve(app, request, Endpoint::Embeddings, parse::embeddings).await
+}
+
+type Parser = fn(&[u8]) -> Result<Call, GatewayError>;
+
+async fn serve(app: App, request: Request, endpoint: Endpoint, parse: Parser) -> Response {
+    let request_id = request_id(&request);
+    let record = Arc::new(RequestRecord::new(
+        request_id.clone(),
+        endpoint,
+        app.metrics.clone(),
+    ));
+    match run(&app, request, &record, parse).await {
+        Ok(response) => response,
+        Err(error) => {
+            record.fail(&error);
+            error.into_http(&request_id)
+        }
+    }
+}
+
+async fn run(
+    app: &App,
+    request: Request,
+    record: &Arc<RequestRecord>,
+    parse: Parser,
+) -> Result<Response, GatewayError> {
+    let snapshot = app.store.current();
+    let (parts, body) = request.into_parts();
+    let bytes = body::read(body, &parts.headers, &snapshot.server).await?;
+    let call = parse(&bytes)?;
+    let hide_usage = match &call {
+        Call::Chat(chat) => {
+            record.set_stream(chat.is_stream());
+            !chat.wants_stream_usage()
+        }
+        Call::Embeddings(_) => false,
+    };
+    let ctx = RequestContext {
+        record: record.clone(),
+        snapshot,
+        headers: parts.headers,
+        route: None,
+    };
+    let reply = app
+        .pipeline
+        .clone()
+        .oneshot(GatewayRequest { ctx, call })
+        .await?;
+    Ok(respond(reply, record, hide_usage))
+}
+
+fn respond(reply: Reply, record: &Arc<RequestRecord>, hide_usage: bool) -> Response {
+    match reply {
+        Reply::Json(json) => {
+            record.respond(200, false);
+            json_response(StatusCode::OK, json.body)
+        }
+        Reply::Stream(chunks) => {
+            record.respond(200, true);
+            let relay = SseRelay::new(chunks, record.clone(), hide_usage);
+            let mut response = Body::from_stream(relay).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The id `SetRequestIdLayer` guaranteed: the client's `x-request-id`, or a new one.
+fn request_id(request: &Request) -> Arc<str> {
+    let id = request.extensions().get::<RequestId>();
+    let text = id.map(|id| String::from_utf8_lossy(id.header_value().as_bytes()));
+    Arc::from(text.as_deref().unwrap_or("unknown"))
+}
+
+pub async fn list_models(State(app): State<App>) -> Response {
+    let snapshot = app.store.current();
+    let data = snapshot
+        .models
+        .values()
+        .filter(|m| m.unusable_reason().is_none())
+        .map(|m| ModelObject::new(&m.name, owner(m)))
+        .collect();
+    let list = ModelList {
+        object: "list",
+        data,
+    };
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&list).unwrap_or_default(),
+    )
+}
+
+pub async fn retrieve_model(
+    State(app): State<App>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
+    let snapshot = app.store.current();
+    match snapshot
+        .models
+        .get(model.as_str())
+        .filter(|m| m.unusable_reason().is_none())
+    {
+        Some(route) => {
+            let object = ModelObject::new(&route.name, owner(route));
+            json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&object).unwrap_or_default(),
+            )
+        }
+        None => GatewayError::ModelNotFound { model }.into_http(&request_id(&request)),
+    }
+}
+
+/// `owned_by`: the provider of the model's first target.
+fn owner(route: &ModelRoute) -> &str {
+    route
+        .targets
+        .first()
+        .map_or("switchyard", |t| &t.provider.name)
+}
+
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// Ready when a config is loaded and at least one provider can take requests.
+pub async fn readyz(State(app): State<App>) -> Response {
+    if app.store.current().is_ready() {
+        json_response(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"not ready","reason":"no usable provider"}"#,
+        )
+    }
+}
+
+pub async fn metrics(State(app): State<App>) -> Response {
+    let mut response = app.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Unknown paths get the OpenAI error shape too.
+pub async fn unknown_route(request: Request) -> Response {
+    let error = GatewayError::UnknownRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    };
+    error.into_http(&request_id(&request))
+}
+
+pub async fn method_not_allowed(request: Request) -> Response {
+    let error = GatewayError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    };
+    error.into_http(&request_id(&request))
+}

@@ -1,0 +1,10 @@
+//! The HTTP edge: routes, body reading and parsing, hygiene, the SSE relay to clients, and
+//! the byte-level guard on incoming connections.
+
+pub mod body;
+pub mod framing_guard;
+pub mod handlers;
+pub mod hygiene;
+pub mod parse;
+pub mod relay;
+pub mod request_id;

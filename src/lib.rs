@@ -1,0 +1,23 @@
+//! Switchyard: an OpenAI-compatible LLM gateway. See `ARCHITECTURE.md` for the map.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod providers;
+pub mod reload;
+pub mod server;
+pub mod shared;
+pub mod snapshot;
+pub mod sse;
+pub mod stream;
+pub mod telemetry;
+pub mod usage;
+
+pub use gateway::{Gateway, GatewayOptions, StartError};

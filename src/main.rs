@@ -1,0 +1,99 @@
+//! The `switchyard` binary: parses the command line and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::{self, ConfigSource};
+use switchyard::gateway::shutdown_signal;
+use switchyard::shared::Shared;
+use switchyard::snapshot::Snapshot;
+use switchyard::{Gateway, GatewayOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An OpenAI-compatible LLM gateway"
+)]
+struct Cli {
+    /// Config file [default: config/switchyard.yaml if present, else the embedded default]
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway (the default)
+    Serve {
+        /// Listen address, overriding server.listen
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate the config, print a summary, exit non-zero listing every error found
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = ConfigSource::resolve(cli.config);
+    match cli.command.unwrap_or(Command::Serve { listen: None }) {
+        Command::Serve { listen } => serve(source, listen),
+        Command::CheckConfig => check_config(&source),
+    }
+}
+
+fn serve(source: ConfigSource, listen: Option<SocketAddr>) -> ExitCode {
+    switchyard::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("switchyard: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let options = GatewayOptions {
+            config: source,
+            listen,
+        };
+        match Gateway::start(options).await {
+            Ok(gateway) => {
+                shutdown_signal().await;
+                gateway.shutdown().await;
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("switchyard: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn check_config(source: &ConfigSource) -> ExitCode {
+    let built = config::load(source).and_then(|raw| {
+        Snapshot::build(raw, &Arc::new(Shared::default())).map_err(|errors| config::ConfigErrors {
+            origin: source.to_string(),
+            errors,
+        })
+    });
+    match built {
+        Ok(snapshot) => {
+            println!("{source}: OK");
+            print!("{}", snapshot.summary());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}

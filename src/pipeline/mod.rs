@@ -1,0 +1,45 @@
+//! The gateway pipeline: a tower stack over typed requests. The edge (`http/`) parses the
+//! HTTP request once into a [`GatewayRequest`]; each layer reads and writes the request
+//! context; the innermost service calls a provider. `app.rs` assembles the stack and shows
+//! its order.
+//!
+//! Invariant: layers never import each other; they meet through `RequestContext`,
+//! `GatewayError` and the reply types.
+
+pub mod balance;
+pub mod dispatch;
+pub mod route;
+
+use std::sync::Arc;
+
+use tower::util::BoxCloneSyncService;
+
+use crate::api::chat::ChatRequest;
+use crate::api::embeddings::EmbeddingsRequest;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::stream::Reply;
+
+pub struct GatewayRequest {
+    pub ctx: RequestContext,
+    pub call: Call,
+}
+
+/// What the client asked for, parsed. Shared (`Arc`) so attempts and streams can hold it.
+pub enum Call {
+    Chat(Arc<ChatRequest>),
+    Embeddings(Arc<EmbeddingsRequest>),
+}
+
+impl Call {
+    /// The public model name the client sent.
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Chat(request) => &request.model,
+            Self::Embeddings(request) => &request.model,
+        }
+    }
+}
+
+/// The assembled pipeline, as the edge holds it.
+pub type Pipeline = BoxCloneSyncService<GatewayRequest, Reply, GatewayError>;

@@ -1,0 +1,349 @@
+//! The built-in `mock` provider: deterministic answers with no network, for the
+//! quickstart, demos and tests.
+//!
+//! Chat echoes the last user message (cut at `max_tokens`, then `finish_reason: length`);
+//! streams send it a word per chunk. Embeddings are unit vectors seeded by the input text,
+//! so the same text always embeds the same way. Usage counts are estimates of the same
+//! kind OpenAI's would be. Config knobs add latency and failures (see `MockConfig`).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt, stream};
+use http::{HeaderMap, StatusCode};
+
+use super::{ChatCall, EmbeddingsCall, Provider};
+use crate::api::chat::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta,
+};
+use crate::api::embeddings::{Embedding, EmbeddingVector, EmbeddingsResponse, EncodingFormat};
+use crate::config::schema::{MockConfig, MockFault};
+use crate::error::GatewayError;
+use crate::stream::{Chunk, JsonReply, Reply};
+use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
+
+/// Dimensions of a mock embedding when the request does not choose.
+const DEFAULT_DIMENSIONS: u32 = 1536;
+const MAX_DIMENSIONS: u32 = 8192;
+const EMPTY_ANSWER: &str = "Hello from the Switchyard mock.";
+
+pub struct Mock {
+    name: Arc<str>,
+    config: MockConfig,
+}
+
+/// A fault chosen for one call.
+enum Fault {
+    Status(u16, Option<String>),
+    Hang,
+    Cut(u32),
+}
+
+impl Mock {
+    pub fn new(name: Arc<str>, config: MockConfig) -> Self {
+        Self { name, config }
+    }
+
+    /// Rolls the dice for each configured fault in order; the first hit applies.
+    fn roll_fault(&self) -> Option<Fault> {
+        self.config
+            .faults
+            .iter()
+            .find(|f| fastrand::f64() < f.probability)
+            .map(|f: &MockFault| match (f.status, f.hang, f.cut_after) {
+                (Some(status), _, _) => Fault::Status(status, f.body.clone()),
+                (None, true, _) => Fault::Hang,
+                (None, false, after) => Fault::Cut(after.unwrap_or(0)),
+            })
+    }
+
+    /// Applies status and hang faults; returns how many chunks a stream may send before
+    /// being cut, if it is to be cut.
+    async fn fault_before_answer(&self) -> Result<Option<u32>, GatewayError> {
+        match self.roll_fault() {
+            None => Ok(None),
+            Some(Fault::Cut(after)) => Ok(Some(after)),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Status(status, body)) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let body = body.unwrap_or_else(|| default_error_body(status));
+                Err(super::upstream_error(
+                    &self.name,
+                    status,
+                    &HeaderMap::new(),
+                    body.as_bytes(),
+                ))
+            }
+        }
+    }
+
+    async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
+        let cut_after = self.fault_before_answer().await?;
+        let answer = Answer::new(&call);
+        if call.request.is_stream() {
+            return Ok(Reply::Stream(self.stream(answer, cut_after)));
+        }
+        tokio::time::sleep(self.config.latency).await;
+        let body = answer.completion_json();
+        Ok(Reply::Json(JsonReply {
+            body,
+            usage: Some(answer.usage),
+            content_len: answer.text.len(),
+        }))
+    }
+
+    /// Role chunk, a chunk per word, the finish chunk and the usage chunk, paced by the
+    /// configured delays; cut without a terminal event when a cut fault applies.
+    fn stream(&self, answer: Answer, cut_after: Option<u32>) -> crate::stream::ChunkStream {
+        let chunks = answer.chunks();
+        let total = chunks.len();
+        let keep = cut_after.map_or(total, |n| (n as usize).min(total));
+        let (first, interval) = (self.config.time_to_first_token, self.config.chunk_interval);
+        let provider = self.name.to_string();
+        let paced = stream::iter(chunks.into_iter().take(keep).enumerate()).then(
+            move |(index, chunk)| async move {
+                tokio::time::sleep(if index == 0 { first } else { interval }).await;
+                Ok(chunk)
+            },
+        );
+        let cut = cut_after.is_some().then(|| {
+            Err(GatewayError::UpstreamProtocol {
+                provider,
+                detail: "the stream ended before its terminal event (mock cut fault)".into(),
+            })
+        });
+        Box::pin(paced.chain(stream::iter(cut)))
+    }
+
+    async fn embeddings_call(&self, call: EmbeddingsCall<'_>) -> Result<JsonReply, GatewayError> {
+        self.fault_before_answer().await?;
+        let dimensions = call.request.dimensions.unwrap_or(DEFAULT_DIMENSIONS);
+        if dimensions == 0 || dimensions > MAX_DIMENSIONS {
+            return Err(GatewayError::InvalidParam {
+                param: "dimensions".into(),
+                message: format!("dimensions must be between 1 and {MAX_DIMENSIONS}"),
+            });
+        }
+        tokio::time::sleep(self.config.latency).await;
+        let texts = call.request.input.texts();
+        let base64 = call.request.encoding_format == Some(EncodingFormat::Base64);
+        let data = texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| Embedding {
+                object: "embedding",
+                index,
+                embedding: encode_vector(embed(text, dimensions), base64),
+            })
+            .collect();
+        let prompt: u64 = texts.iter().map(|t| estimate_tokens(t.len())).sum();
+        let usage = Usage::new(prompt, 0, UsageSource::Provider);
+        let response = EmbeddingsResponse {
+            object: "list",
+            data,
+            model: call.model,
+            usage,
+        };
+        Ok(JsonReply {
+            body: to_json(&response),
+            usage: Some(usage),
+            content_len: 0,
+        })
+    }
+}
+
+impl Provider for Mock {
+    fn chat<'a>(&'a self, call: ChatCall<'a>) -> BoxFuture<'a, Result<Reply, GatewayError>> {
+        self.chat_call(call).boxed()
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        call: EmbeddingsCall<'a>,
+    ) -> BoxFuture<'a, Result<JsonReply, GatewayError>> {
+        self.embeddings_call(call).boxed()
+    }
+}
+
+/// The mock's answer to one chat request.
+struct Answer {
+    id: String,
+    model: String,
+    created: u64,
+    text: String,
+    finish_reason: &'static str,
+    usage: Usage,
+}
+
+impl Answer {
+    fn new(call: &ChatCall<'_>) -> Self {
+        let echo = call.request.last_user_text().filter(|t| !t.is_empty());
+        let mut text = echo.unwrap_or_else(|| EMPTY_ANSWER.to_owned());
+        let mut finish_reason = "stop";
+        if let Some(max) = call.request.max_output_tokens() {
+            // Tokens are estimated at four bytes each, so cut at 4 * max bytes.
+            let limit = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
+            if text.len() > limit {
+                let cut = (0..=limit)
+                    .rev()
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(0);
+                text.truncate(cut);
+                finish_reason = "length";
+            }
+        }
+        let usage = Usage::new(
+            estimate_prompt_tokens(call.request),
+            estimate_tokens(text.len()),
+            UsageSource::Provider,
+        );
+        Self {
+            id: format!("chatcmpl-mock-{}", call.request_id),
+            model: call.model.to_owned(),
+            created: unix_now(),
+            text,
+            finish_reason,
+            usage,
+        }
+    }
+
+    fn completion_json(&self) -> Bytes {
+        to_json(&ChatCompletion {
+            id: &self.id,
+            object: "chat.completion",
+            created: self.created,
+            model: &self.model,
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: Some(&self.text),
+                },
+                finish_reason: Some(self.finish_reason),
+                logprobs: None,
+            }],
+            usage: self.usage,
+        })
+    }
+
+    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Chunk {
+        let content_len = delta.content.map_or(0, str::len);
+        let json = to_json(&ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+            }],
+            usage: None,
+        });
+        Chunk {
+            json,
+            content_len,
+            usage: None,
+            usage_only: false,
+        }
+    }
+
+    fn chunks(&self) -> Vec<Chunk> {
+        let role = Delta {
+            role: Some("assistant"),
+            content: Some(""),
+        };
+        let mut chunks = vec![self.chunk(role, None)];
+        for word in self.text.split_inclusive(' ') {
+            let delta = Delta {
+                role: None,
+                content: Some(word),
+            };
+            chunks.push(self.chunk(delta, None));
+        }
+        chunks.push(self.chunk(Delta::default(), Some(self.finish_reason)));
+        let usage = to_json(&ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: Vec::new(),
+            usage: Some(self.usage),
+        });
+        chunks.push(Chunk {
+            json: usage,
+            content_len: 0,
+            usage: Some(self.usage),
+            usage_only: true,
+        });
+        chunks
+    }
+}
+
+fn default_error_body(status: StatusCode) -> String {
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    serde_json::json!({"error": {
+        "message": format!("mock fault: injected HTTP {}", status.as_u16()),
+        "type": kind,
+        "param": null,
+        "code": null,
+    }})
+    .to_string()
+}
+
+/// A deterministic unit vector for `text`: a PRNG seeded by the text's FNV-1a hash.
+fn embed(text: &str, dimensions: u32) -> Vec<f32> {
+    let seed = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let raw: Vec<f32> = (0..dimensions).map(|_| rng.f32() * 2.0 - 1.0).collect();
+    let norm = raw
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    raw.into_iter().map(|x| x / norm).collect()
+}
+
+fn encode_vector(vector: Vec<f32>, base64: bool) -> EmbeddingVector {
+    if !base64 {
+        return EmbeddingVector::Float(vector);
+    }
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Bytes {
+    // These response structs hold only strings and numbers: serializing cannot fail.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embed("hello", 64);
+        assert_eq!(a, embed("hello", 64));
+        assert_ne!(a, embed("hullo", 64));
+        let norm: f32 = a.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,171 @@
+//! The runtime form of one config: providers built, models resolved to their targets.
+//! A snapshot is immutable; a reload builds a whole new one and swaps it in atomically
+//! (see `reload.rs`), so a request sees exactly one config from start to end.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+use crate::config::schema::{ProviderConfig, ProviderKind, ProviderTimeouts, ServerConfig};
+use crate::config::{ConfigError, RawConfig};
+use crate::providers::{self, Provider};
+use crate::shared::Shared;
+
+pub struct Snapshot {
+    pub server: ServerConfig,
+    pub providers: IndexMap<Arc<str>, Arc<ProviderEntry>>,
+    pub models: IndexMap<Arc<str>, Arc<ModelRoute>>,
+}
+
+pub struct ProviderEntry {
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    pub adapter: Arc<dyn Provider>,
+    pub timeouts: ProviderTimeouts,
+    /// Why this provider cannot serve requests (for example, its key is not set).
+    pub unusable: Option<String>,
+    /// For `check-config`: where it sends requests.
+    pub base_url: Option<String>,
+}
+
+/// A public model and the targets that can serve it.
+pub struct ModelRoute {
+    pub name: Arc<str>,
+    pub targets: Vec<Target>,
+}
+
+pub struct Target {
+    pub provider: Arc<ProviderEntry>,
+    pub upstream_model: Arc<str>,
+    pub weight: u32,
+}
+
+impl Target {
+    pub fn is_usable(&self) -> bool {
+        self.weight > 0 && self.provider.unusable.is_none()
+    }
+}
+
+impl ModelRoute {
+    pub fn usable_targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(|t| t.is_usable())
+    }
+
+    /// Why no target can serve this model, when that is the case.
+    pub fn unusable_reason(&self) -> Option<String> {
+        if self.usable_targets().next().is_some() {
+            return None;
+        }
+        let reasons: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let reason = t.provider.unusable.as_deref()?;
+                Some(format!("provider '{}' {reason}", t.provider.name))
+            })
+            .collect();
+        Some(reasons.join("; "))
+    }
+}
+
+impl Snapshot {
+    pub fn build(raw: RawConfig, shared: &Shared) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut providers = IndexMap::new();
+        for (name, config) in &raw.providers {
+            match build_provider(name, config, shared) {
+                Ok(entry) => {
+                    providers.insert(entry.name.clone(), Arc::new(entry));
+                }
+                Err(message) => errors.push(ConfigError {
+                    path: format!("providers.{name}"),
+                    location: None,
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let models = raw
+            .models
+            .iter()
+            .map(|(name, model)| {
+                let name: Arc<str> = Arc::from(name.as_str());
+                let targets = model
+                    .targets
+                    .iter()
+                    .map(|t| Target {
+                        // Validation guarantees the provider exists.
+                        provider: providers[t.provider.as_str()].clone(),
+                        upstream_model: Arc::from(t.model.as_deref().unwrap_or(&name)),
+                        weight: t.weight,
+                    })
+                    .collect();
+                (name.clone(), Arc::new(ModelRoute { name, targets }))
+            })
+            .collect();
+        Ok(Self {
+            server: raw.server,
+            providers,
+            models,
+        })
+    }
+
+    /// Ready to serve: at least one provider can take requests.
+    pub fn is_ready(&self) -> bool {
+        self.providers.values().any(|p| p.unusable.is_none())
+    }
+
+    /// A short human summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("providers ({}):\n", self.providers.len());
+        for p in self.providers.values() {
+            let _ = write!(out, "  {:<16} {:<7}", p.name, p.kind.as_str());
+            if let Some(url) = &p.base_url {
+                let _ = write!(out, " {url}");
+            }
+            if let Some(reason) = &p.unusable {
+                let _ = write!(out, "  (unusable: {reason})");
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(out, "models ({}):", self.models.len());
+        for m in self.models.values() {
+            let targets: Vec<String> = m
+                .targets
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}/{} (weight {})",
+                        t.provider.name, t.upstream_model, t.weight
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "  {:<24} -> {}", m.name, targets.join(", "));
+        }
+        out
+    }
+}
+
+fn build_provider(
+    name: &str,
+    config: &ProviderConfig,
+    shared: &Shared,
+) -> Result<ProviderEntry, String> {
+    let name: Arc<str> = Arc::from(name);
+    let adapter = providers::build(&name, config, &shared.http)?;
+    let unusable = match &config.api_key {
+        Some(key) if key.is_empty() => Some("has an empty api_key".to_owned()),
+        _ => None,
+    };
+    Ok(ProviderEntry {
+        name,
+        kind: config.kind,
+        adapter,
+        timeouts: config.timeouts,
+        unusable,
+        base_url: providers::base_url(config),
+    })
+}
