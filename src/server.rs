@@ -1,22 +1,28 @@
 //! Accepting connections and shutting down gracefully.
 //!
 //! Each accepted socket gets TCP_NODELAY (a response written in several small pieces must
-//! not wait for delayed ACKs) and is served over HTTP/1.1 or HTTP/2 (prior knowledge),
-//! with a deadline for reading request heads. On shutdown the listener closes at once,
+//! not wait for delayed ACKs) and the byte-level connection guard (first-byte deadline,
+//! ambiguous-length rejection), and is served over HTTP/1.1 or HTTP/2 (prior knowledge),
+//! with a deadline for reading each request head (which also closes keep-alive
+//! connections that stay idle that long). HTTP/2 connections are pinged so dead peers are
+//! noticed. On shutdown the listener closes at once,
 //! idle keep-alive connections are closed, and in-flight requests (streams included) may
 //! finish until the grace period ends.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
-use crate::http::framing_guard::FramingGuard;
+use crate::http::connection_guard::{self, ConnectionGuard, LengthConflicts};
 
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
@@ -36,7 +42,11 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -56,8 +66,10 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
-        let io = TokioIo::new(FramingGuard::new(stream));
-        let service = TowerToHyperService::new(router.clone());
+        let conflicts = Arc::new(LengthConflicts::default());
+        let guard = ConnectionGuard::new(stream, options.header_read_timeout, conflicts.clone());
+        let io = TokioIo::new(guard);
+        let service = connection_service(router.clone(), conflicts);
         let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -73,4 +85,27 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over: closing the remaining connections"),
     }
+}
+
+/// One connection's service: requests go to the router, except one the connection guard
+/// found ambiguous, which is answered with a 400 (hyper then closes the connection).
+fn connection_service(
+    router: Router,
+    conflicts: Arc<LengthConflicts>,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let conflicting = conflicts.next_request_conflicts();
+        let router = router.clone();
+        async move {
+            if conflicting {
+                return Ok(connection_guard::rejection(&request));
+            }
+            router.oneshot(request).await
+        }
+    })
 }

@@ -2,7 +2,7 @@
 //! the byte-level guard on incoming connections.
 
 pub mod body;
-pub mod framing_guard;
+pub mod connection_guard;
 pub mod handlers;
 pub mod hygiene;
 pub mod parse;

@@ -1,0 +1,275 @@
+//! Every error a client can meet, through real sockets: always the OpenAI error shape,
+//! the right status, and the request id.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::upstream::{self, Behavior, Upstream};
+use common::{SseReader, TestGateway, config_for};
+use serde_json::{Value, json};
+
+/// Checks the OpenAI error shape and the request id; returns the error object.
+async fn error_of(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.get(key).is_some(), "missing {key} in {body}");
+    }
+    assert_eq!(error["request_id"], id.as_str());
+    error
+}
+
+async fn gateway_with(
+    script: impl Fn(&upstream::Received) -> Behavior + Send + Sync + 'static,
+) -> (Upstream, TestGateway) {
+    let upstream = Upstream::start(script).await;
+    let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
+    (upstream, gateway)
+}
+
+fn hello(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+async fn raw_post(gateway: &TestGateway, body: &'static str) -> reqwest::Response {
+    common::client()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_the_parse_position() {
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let error = error_of(
+        raw_post(&gateway, "{\"model\": \"mock\",\n \"messages\": [}").await,
+        400,
+    )
+    .await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["code"], "invalid_json");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2 column 15"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_invalid_fields_are_named() {
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let error = error_of(raw_post(&gateway, r#"{"messages": []}"#).await, 400).await;
+    assert_eq!(error["param"], "model");
+    assert!(error["message"].as_str().unwrap().contains("'model'"));
+    let error = error_of(raw_post(&gateway, r#"{"model": "mock"}"#).await, 400).await;
+    assert_eq!(error["param"], "messages");
+    let error = error_of(
+        raw_post(
+            &gateway,
+            r#"{"model": "mock", "messages": [{"role": "user", "content": 5}]}"#,
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert_eq!(error["param"], "messages[0].content");
+    let response = gateway
+        .post("/v1/embeddings", &json!({"model": "mock"}))
+        .await;
+    assert_eq!(error_of(response, 400).await["param"], "input");
+}
+
+#[tokio::test]
+async fn unknown_model_is_a_404_model_not_found() {
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let response = gateway.chat(&hello("gpt-9000")).await;
+    assert_eq!(response.headers()["x-should-retry"], "false");
+    let error = error_of(response, 404).await;
+    assert_eq!(error["code"], "model_not_found");
+    assert_eq!(error["param"], "model");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_openai_shaped() {
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let error = error_of(gateway.get("/v1/nothing-here").await, 404).await;
+    assert_eq!(error["code"], "unknown_url");
+    let error = error_of(gateway.get("/v1/chat/completions").await, 405).await;
+    assert_eq!(error["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_a_413_declared_or_chunked() {
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let big = format!(
+        r#"{{"model": "mock", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let response = common::client()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response, 413).await["code"], "request_too_large");
+
+    // Chunked, no Content-Length: the limit still applies while reading.
+    let pieces: Vec<Result<String, std::io::Error>> = big
+        .as_bytes()
+        .chunks(8 * 1024)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    let response = common::client()
+        .post(format!("{}/v1/chat/completions", gateway.url))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response, 413).await["code"], "request_too_large");
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_their_status_and_openai_message() {
+    let body = r#"{"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}"#;
+    let (_upstream, gateway) = gateway_with(move |_| Behavior::Error {
+        status: 400,
+        headers: vec![],
+        body: body.to_owned(),
+    })
+    .await;
+    let error = error_of(gateway.chat(&hello("gpt-test")).await, 400).await;
+    assert_eq!(
+        error["message"],
+        "This model's maximum context length is 8192 tokens."
+    );
+    assert_eq!(error["code"], "context_length_exceeded");
+    assert_eq!(error["param"], "messages");
+
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Error {
+        status: 429,
+        headers: vec![("retry-after", "3".to_owned())],
+        body: r#"{"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}"#.to_owned(),
+    })
+    .await;
+    let response = gateway.chat(&hello("gpt-test")).await;
+    assert_eq!(response.headers()["retry-after"], "3");
+    let error = error_of(response, 429).await;
+    assert_eq!(error["message"], "Rate limit reached");
+
+    // Not OpenAI-shaped: the status stays, the message is ours, the HTML is not passed on.
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Error {
+        status: 503,
+        headers: vec![],
+        body: "<html>nginx internal trace id 42</html>".to_owned(),
+    })
+    .await;
+    let error = error_of(gateway.chat(&hello("gpt-test")).await, 503).await;
+    assert_eq!(
+        error["message"],
+        "the upstream provider 'up' returned HTTP 503"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_without_internal_detail() {
+    // Nothing listens on port 9 of loopback.
+    let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
+    let error = error_of(gateway.chat(&hello("gpt-test")).await, 502).await;
+    assert_eq!(error["code"], "upstream_unreachable");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("refused"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_upstream_is_a_504_at_the_request_timeout() {
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Hang).await;
+    let started = Instant::now();
+    let error = error_of(gateway.chat(&hello("gpt-test")).await, 504).await;
+    assert_eq!(error["code"], "upstream_timeout");
+    // The configured request timeout is 2 s: the answer comes then, not never.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
+    // Cut before [DONE].
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+        data: upstream::chunks("m", &["partial ", "answer"], false)[..2].to_vec(),
+        interval: Duration::ZERO,
+        done: false,
+    })
+    .await;
+    let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let events = SseReader::new(response).all().await;
+    assert!(!events.contains(&"[DONE]".to_owned()), "{events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_invalid_response");
+    assert_eq!(last["error"]["request_id"], id.as_str());
+
+    // Malformed JSON in one event.
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+        data: vec![
+            upstream::chunks("m", &["ok"], false)[0].clone(),
+            "{\"choices\": [".to_owned(),
+        ],
+        interval: Duration::ZERO,
+        done: true,
+    })
+    .await;
+    let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    let events = SseReader::new(response).all().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[1].contains("\"error\""));
+
+    // The mock's cut fault behaves like a real cut.
+    let config = "providers:\n  m: {kind: mock, mock: {faults: [{cut_after: 2}]}}\nmodels:\n  cut: {targets: [{provider: m}]}\n";
+    let gateway = TestGateway::start(config).await;
+    let response = gateway.chat(&json!({"model": "cut", "stream": true, "messages": [{"role": "user", "content": "a b c d"}]})).await;
+    let events = SseReader::new(response).all().await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events[2].contains("\"error\""));
+}
+
+#[tokio::test]
+async fn a_stalled_stream_ends_at_the_idle_timeout() {
+    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+        data: upstream::chunks("m", &["slow"], false),
+        interval: Duration::from_secs(30),
+        done: true,
+    })
+    .await;
+    let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    let events = SseReader::new(response).all().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let last: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn mock_status_faults_look_like_upstream_errors() {
+    let config = "providers:\n  m: {kind: mock, mock: {faults: [{status: 529}]}}\nmodels:\n  flaky: {targets: [{provider: m}]}\n";
+    let gateway = TestGateway::start(config).await;
+    let error = error_of(gateway.chat(&hello("flaky")).await, 529).await;
+    assert_eq!(error["message"], "mock fault: injected HTTP 529");
+}
