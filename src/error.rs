@@ -45,18 +45,10 @@ pub enum GatewayError {
     NoUsableTarget { model: String, reason: String },
 
     // ---- the upstream provider failed
-    /// The provider answered with an error status; `message`, `kind`, `code` and `param`
-    /// come from its body when it was OpenAI-shaped.
-    #[error("provider '{provider}' returned {status}: {message}")]
-    Upstream {
-        provider: String,
-        status: StatusCode,
-        message: String,
-        kind: Option<String>,
-        code: Option<String>,
-        param: Option<String>,
-        retry_after: Option<Duration>,
-    },
+    /// The provider answered with an error status (boxed: it is the largest variant and
+    /// every `Result` in the pipeline carries this type).
+    #[error("provider '{}' returned {}: {}", .0.provider, .0.status, .0.message)]
+    Upstream(Box<UpstreamStatus>),
     #[error("provider '{provider}' could not be reached: {detail}")]
     UpstreamUnreachable { provider: String, detail: String },
     #[error("provider '{provider}' did not answer within {after:?} ({phase})")]
@@ -73,6 +65,19 @@ pub enum GatewayError {
     // ---- our own fault
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// An upstream's error answer. `message`, `kind`, `code` and `param` come from its body
+/// when it was OpenAI-shaped.
+#[derive(Debug)]
+pub struct UpstreamStatus {
+    pub provider: String,
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+    pub retry_after: Option<Duration>,
 }
 
 /// Who caused an error, for logs, metrics and retry decisions.
@@ -96,7 +101,7 @@ impl GatewayError {
             Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoUsableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Upstream { status, .. } => *status,
+            Self::Upstream(upstream) => upstream.status,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -107,7 +112,7 @@ impl GatewayError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            Self::Upstream { .. }
+            Self::Upstream(_)
             | Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. } => Fault::Upstream,
@@ -130,7 +135,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
             Self::NoUsableTarget { .. } => "no_usable_target",
-            Self::Upstream { .. } => "upstream_status",
+            Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
@@ -141,9 +146,10 @@ impl GatewayError {
     /// Whether the same request could succeed if sent again (to this or another target).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Upstream { status, code, .. } => {
-                let quota = code.as_deref() == Some("insufficient_quota");
-                matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
+            Self::Upstream(upstream) => {
+                let quota = upstream.code.as_deref() == Some("insufficient_quota");
+                let status = upstream.status.as_u16();
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
             }
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
             _ => false,
@@ -152,7 +158,7 @@ impl GatewayError {
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Upstream { retry_after, .. } => *retry_after,
+            Self::Upstream(upstream) => upstream.retry_after,
             _ => None,
         }
     }
@@ -160,9 +166,9 @@ impl GatewayError {
     /// The OpenAI error `type`.
     fn kind(&self) -> &str {
         match self {
-            Self::Upstream {
-                kind: Some(kind), ..
-            } => kind,
+            Self::Upstream(upstream) if upstream.kind.is_some() => {
+                upstream.kind.as_deref().unwrap_or_default()
+            }
             _ => match self.status().as_u16() {
                 401 => "authentication_error",
                 403 => "permission_error",
@@ -187,7 +193,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
-            Self::Upstream { code, .. } => code.as_deref(),
+            Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::UpstreamProtocol { .. } => Some("upstream_invalid_response"),
@@ -200,7 +206,7 @@ impl GatewayError {
             Self::MissingField { field } => Some(field),
             Self::InvalidParam { param, .. } => Some(param),
             Self::ModelNotFound { .. } | Self::NoUsableTarget { .. } => Some("model"),
-            Self::Upstream { param, .. } => param.as_deref(),
+            Self::Upstream(upstream) => upstream.param.as_deref(),
             _ => None,
         }
     }
@@ -210,7 +216,7 @@ impl GatewayError {
     /// (addresses, socket errors) belongs in our log, not in a response.
     fn public_message(&self) -> String {
         match self {
-            Self::Upstream { message, .. } => message.clone(),
+            Self::Upstream(upstream) => upstream.message.clone(),
             Self::UpstreamUnreachable { provider, .. } => {
                 format!("the upstream provider '{provider}' could not be reached")
             }
@@ -306,14 +312,16 @@ mod tests {
 
     #[test]
     fn quota_errors_are_not_retryable() {
-        let upstream = |code: Option<&str>| GatewayError::Upstream {
-            provider: "p".into(),
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "m".into(),
-            kind: None,
-            code: code.map(str::to_owned),
-            param: None,
-            retry_after: None,
+        let upstream = |code: Option<&str>| {
+            GatewayError::Upstream(Box::new(UpstreamStatus {
+                provider: "p".into(),
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: "m".into(),
+                kind: None,
+                code: code.map(str::to_owned),
+                param: None,
+                retry_after: None,
+            }))
         };
         assert!(upstream(Some("rate_limit_exceeded")).is_retryable());
         assert!(!upstream(Some("insufficient_quota")).is_retryable());

@@ -107,8 +107,10 @@ pub fn watch(store: Arc<ConfigStore>) -> std::io::Result<tokio::task::JoinHandle
                 Some(()) = hangup.recv() => tracing::info!("SIGHUP: reloading the config"),
                 else => break,
             }
-            // Errors are logged and counted by `reload`.
-            let _ = store.reload();
+            // Building a snapshot reads a file: keep it off the async workers. Errors are
+            // logged and counted by `reload`.
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
         }
     }))
 }

@@ -60,7 +60,7 @@ impl Chunk {
         if let Some(error) = probe.error {
             return Err(error.into_gateway_error(provider));
         }
-        let content_len = probe.choices.iter().map(|c| c.delta.len()).sum();
+        let content_len = probe.choices.iter().map(|c| c.delta.text_len()).sum();
         Ok(Self {
             usage_only: probe.choices.is_empty() && probe.usage.is_some(),
             json,
@@ -126,7 +126,7 @@ struct ChoiceProbe {
 
 /// The parts of a delta (or a message) that carry generated text, measured, not copied.
 #[derive(Default, Deserialize)]
-pub struct DeltaProbe {
+struct DeltaProbe {
     #[serde(default)]
     content: TextLen,
     #[serde(default)]
@@ -138,7 +138,7 @@ pub struct DeltaProbe {
 }
 
 impl DeltaProbe {
-    pub fn len(&self) -> usize {
+    fn text_len(&self) -> usize {
         let tools: usize = self
             .tool_calls
             .iter()
@@ -220,7 +220,7 @@ pub fn probe_completion(
             provider: provider.to_owned(),
             detail: format!("malformed JSON body: {e}"),
         })?;
-    let content_len = probe.choices.iter().map(|c| c.message.len()).sum();
+    let content_len = probe.choices.iter().map(|c| c.message.text_len()).sum();
     Ok((probe.usage, content_len))
 }
 

@@ -1,6 +1,8 @@
 //! Every error a client can meet, through real sockets: always the OpenAI error shape,
 //! the right status, and the request id.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! HTTP hygiene at the byte level, with raw TCP clients: ambiguous framing, slow clients,
 //! pipelining.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::time::{Duration, Instant};

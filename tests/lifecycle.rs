@@ -1,6 +1,8 @@
 //! The gateway's life: client disconnects, graceful shutdown, hot reload (file changes
 //! and SIGHUP), and the command line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

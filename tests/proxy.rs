@@ -1,6 +1,8 @@
 //! The proxy core through real sockets: a client, the gateway on 127.0.0.1:0 and an
 //! emulated OpenAI upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 mod common;
 
 use std::time::Duration;

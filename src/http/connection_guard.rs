@@ -363,7 +363,7 @@ fn check_head(head: &[u8]) -> Head {
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
     };
-    let transfer_encoding = find("transfer-encoding").last();
+    let transfer_encoding = find("transfer-encoding").next_back();
     let content_length = find("content-length").next();
     if transfer_encoding.is_some() && content_length.is_some() {
         return Head::Conflict;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UpstreamStatus};
 use crate::stream::UpstreamErrorObject;
 
 #[derive(Deserialize)]
@@ -49,7 +49,7 @@ pub fn from_status(
             None,
         ),
     };
-    GatewayError::Upstream {
+    GatewayError::Upstream(Box::new(UpstreamStatus {
         provider: provider.to_owned(),
         status,
         message,
@@ -57,7 +57,7 @@ pub fn from_status(
         code,
         param,
         retry_after: retry_after(headers),
-    }
+    }))
 }
 
 /// `retry-after-ms` (OpenAI's, milliseconds) or `retry-after` (seconds).
@@ -85,18 +85,12 @@ mod tests {
     fn openai_shaped_errors_keep_their_fields() {
         let body = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
         let err = from_status("openai", StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
-        let GatewayError::Upstream {
-            message,
-            code,
-            param,
-            ..
-        } = &err
-        else {
-            panic!()
+        let GatewayError::Upstream(upstream) = &err else {
+            panic!("{err:?}")
         };
-        assert!(message.starts_with("This model's maximum"));
-        assert_eq!(code.as_deref(), Some("context_length_exceeded"));
-        assert_eq!(param.as_deref(), Some("messages"));
+        assert!(upstream.message.starts_with("This model's maximum"));
+        assert_eq!(upstream.code.as_deref(), Some("context_length_exceeded"));
+        assert_eq!(upstream.param.as_deref(), Some("messages"));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! OpenAI-shaped error bodies. Each test scripts its behaviour and reads back what the
 //! upstream received.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
