@@ -7,7 +7,7 @@
 
 pub mod http_client;
 mod mock;
-mod openai;
+pub mod openai;
 mod upstream_error;
 
 use std::sync::Arc;

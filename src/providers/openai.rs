@@ -98,8 +98,7 @@ impl OpenAi {
     }
 
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
-        let body = serde_json::to_vec(&OutboundChat::new(&call))
-            .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
+        let body = chat_body(&call)?;
         let response = self.post(&self.chat_url, body, call.request_id).await?;
         if call.request.is_stream() {
             return Ok(Reply::Stream(Box::pin(OpenAiStream::new(
@@ -168,6 +167,12 @@ fn outbound_headers(config: &ProviderConfig) -> Result<HeaderMap, String> {
         headers.insert(name, value);
     }
     Ok(headers)
+}
+
+/// The JSON body sent upstream for a chat call.
+pub fn chat_body(call: &ChatCall<'_>) -> Result<Vec<u8>, GatewayError> {
+    serde_json::to_vec(&OutboundChat::new(call))
+        .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))
 }
 
 /// The chat request as sent upstream: the client's body with the routing fields set.
