@@ -294,3 +294,40 @@ async fn health_and_readiness() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let (logs, _guard) = Logs::capture();
+    let (_upstream, gateway) = setup(|request| {
+        if request.body["messages"][0]["content"] == "fail" {
+            // An upstream that quotes the key it rejected, as OpenAI does.
+            Behavior::Error {
+                status: 401,
+                headers: vec![],
+                body: format!(r#"{{"error": {{"message": "Incorrect API key provided: {UPSTREAM_KEY}", "type": "invalid_request_error", "code": "invalid_api_key"}}}}"#),
+            }
+        } else {
+            Behavior::Json(upstream::completion("m", "ok"))
+        }
+    })
+    .await;
+    let ok = gateway
+        .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(ok.status(), 200);
+    let rejected = gateway
+        .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "fail"}]}))
+        .await;
+    assert_eq!(rejected.status(), 401);
+    let body = rejected.text().await.unwrap();
+    assert!(!body.contains(UPSTREAM_KEY), "{body}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = logs.text();
+    assert!(text.contains("switchyard::access"), "logs were captured");
+    for secret in [UPSTREAM_KEY, "sk-client-key-must-not-travel"] {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the logs:\n{text}"
+        );
+    }
+}

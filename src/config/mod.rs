@@ -170,9 +170,13 @@ mod tests {
     }
 
     #[test]
-    fn example_config_documents_a_valid_config() {
-        let text = std::fs::read_to_string("config/example.yaml").unwrap();
-        parse(&text, |_| Some("sk-test".into())).expect("config/example.yaml");
+    fn shipped_configs_are_valid() {
+        for path in ["config/example.yaml", "deploy/switchyard.yaml"] {
+            let text = std::fs::read_to_string(path).unwrap();
+            if let Err(errors) = parse(&text, |_| Some("sk-test".into())) {
+                panic!("{path}: {errors:?}");
+            }
+        }
     }
 
     #[test]
