@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 async fn error_of(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
     assert_eq!(response.headers()["content-type"], "application/json");
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     let body: Value = response.json().await.unwrap();
     let error = body["error"].clone();
     for key in ["message", "type", "param", "code"] {
@@ -219,10 +216,7 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     })
     .await;
     let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     let events = SseReader::new(response).all().await;
     assert!(!events.contains(&"[DONE]".to_owned()), "{events:?}");
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();

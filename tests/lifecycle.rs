@@ -38,10 +38,7 @@ async fn a_client_disconnect_drops_the_upstream_stream_promptly_and_logs_499() {
     .await;
     let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
     let response = gateway.chat(&ask("gpt-test", "go", true)).await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     let mut reader = SseReader::new(response);
     for _ in 0..3 {
         reader.next().await.unwrap();

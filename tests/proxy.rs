@@ -98,10 +98,7 @@ async fn a_request_id_is_generated_when_the_client_sends_none() {
     let response = gateway
         .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     assert!(id.starts_with("req_") && id.len() == 28, "{id}");
     assert_eq!(upstream.last().headers["x-request-id"], id.as_str());
 }
@@ -162,10 +159,7 @@ async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
     let response = gateway
         .chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     SseReader::new(response).all().await;
     let line = logs.wait_access(&id).await;
     assert_eq!(line["usage_source"], "estimated");
@@ -178,10 +172,7 @@ async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
     let response = gateway
         .chat(&json!({"model": "mock", "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let id = common::request_id(&response);
     SseReader::new(response).all().await;
     let line = logs.wait_access(&id).await;
     assert_eq!(line["usage_source"], "provider");
@@ -323,7 +314,10 @@ async fn secrets_never_reach_the_logs() {
     assert!(!body.contains(UPSTREAM_KEY), "{body}");
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = logs.text();
-    assert!(text.contains("switchyard::access"), "logs were captured");
+    assert!(
+        text.contains("switchyard::access"),
+        "logs were captured: {text}"
+    );
     for secret in [UPSTREAM_KEY, "sk-client-key-must-not-travel"] {
         assert!(
             !text.contains(secret),

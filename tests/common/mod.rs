@@ -8,9 +8,10 @@
 
 pub mod upstream;
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -19,7 +20,10 @@ use serde_json::Value;
 use switchyard::config::ConfigSource;
 use switchyard::{Gateway, GatewayOptions};
 use tempfile::TempDir;
+use tracing::Level;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
 
 /// The key the upstream expects from the gateway; clients never send it.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
@@ -62,6 +66,7 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: &str) -> Self {
+        init_logging();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("switchyard.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -109,6 +114,14 @@ impl TestGateway {
             .await
             .unwrap()
     }
+}
+
+/// The `x-request-id` the gateway answered with.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn client() -> reqwest::Client {
@@ -181,18 +194,49 @@ pub fn content_of(events: &[String]) -> String {
 
 /// Captures this thread's log events as JSON lines. Use with a current-thread runtime
 /// (the `#[tokio::test]` default) so the gateway's tasks log on this thread.
+///
+/// One global subscriber routes each event to the buffer of the thread that logged it.
+/// (Thread-scoped subscribers would be simpler, but tracing caches each call site's
+/// interest process-wide, and a call site first hit by a test without a subscriber can stay
+/// silenced for the others.)
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
-impl Logs {
-    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
-        let logs = Self::default();
-        let subscriber = tracing_subscriber::fmt()
+thread_local! {
+    static CAPTURE: RefCell<Option<Logs>> = const { RefCell::new(None) };
+}
+
+/// Installs the routing subscriber; every test calls this before starting anything.
+pub fn init_logging() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        // Dynamic: decided per event, never cached per call site.
+        let capturing = dynamic_filter_fn(|meta, _| {
+            *meta.level() <= Level::DEBUG && CAPTURE.with(|c| c.borrow().is_some())
+        });
+        let layer = tracing_subscriber::fmt::layer()
             .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(logs.clone())
-            .finish();
-        (logs.clone(), tracing::subscriber::set_default(subscriber))
+            .with_writer(ThreadWriter)
+            .with_filter(capturing);
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+    });
+}
+
+/// Stops capturing when dropped.
+pub struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl Logs {
+    pub fn capture() -> (Self, CaptureGuard) {
+        init_logging();
+        let logs = Self::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(logs.clone()));
+        (logs, CaptureGuard)
     }
 
     pub fn text(&self) -> String {
@@ -222,18 +266,22 @@ impl Logs {
     }
 }
 
-impl<'a> MakeWriter<'a> for Logs {
+struct ThreadWriter;
+
+impl<'a> MakeWriter<'a> for ThreadWriter {
     type Writer = LogWriter;
     fn make_writer(&'a self) -> LogWriter {
-        LogWriter(self.0.clone())
+        LogWriter(CAPTURE.with(|c| c.borrow().as_ref().map(|logs| logs.0.clone())))
     }
 }
 
-pub struct LogWriter(Arc<Mutex<Vec<u8>>>);
+pub struct LogWriter(Option<Arc<Mutex<Vec<u8>>>>);
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        if let Some(buffer) = &self.0 {
+            buffer.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

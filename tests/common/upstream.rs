@@ -65,6 +65,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(script: impl Fn(&Received) -> Behavior + Send + Sync + 'static) -> Self {
+        super::init_logging();
         let (stream_ends, ends) = mpsc::unbounded_channel();
         let received = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
