@@ -249,7 +249,7 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 /// complete one.
 struct OpenAiStream {
     provider: Arc<str>,
-    events: sse::EventStream<ByteStream>,
+    events: sse::Decoder<ByteStream>,
     finished: bool,
 }
 
@@ -258,7 +258,7 @@ impl OpenAiStream {
         let bytes: ByteStream = Box::pin(response.bytes_stream());
         Self {
             provider,
-            events: sse::decode(bytes),
+            events: sse::Decoder::new(bytes),
             finished: false,
         }
     }
@@ -281,13 +281,20 @@ impl Stream for OpenAiStream {
                 return Poll::Ready(None);
             }
             let item = match ready!(self.events.poll_next_unpin(cx)) {
-                Some(Ok(event)) if event.data == "[DONE]" => {
+                Some(Ok(sse::Event {
+                    data: Some(data), ..
+                })) if data == "[DONE]" => {
                     self.finished = true;
                     None
                 }
-                Some(Ok(event)) if event.data.is_empty() => continue,
-                Some(Ok(event)) => {
-                    let chunk = Chunk::from_openai(Bytes::from(event.data), &self.provider);
+                Some(Ok(sse::Event { data: None, .. })) => continue,
+                Some(Ok(sse::Event {
+                    data: Some(data), ..
+                })) if data.is_empty() => continue,
+                Some(Ok(sse::Event {
+                    data: Some(data), ..
+                })) => {
+                    let chunk = Chunk::from_openai(Bytes::from(data), &self.provider);
                     self.finished = chunk.is_err();
                     Some(chunk)
                 }
