@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(source: ConfigSource, listen: Option<SocketAddr>) -> ExitCode {
-    switchyard::telemetry::init_logging();
+    let _log_writer = switchyard::telemetry::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

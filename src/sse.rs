@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Decodes an upstream byte stream into SSE events. (sse-stream scans with memchr and
 /// validates UTF-8 with SIMD; eventsource-stream's parser took an eighth of the gateway's
 /// CPU in the streaming load scenario.)
-pub use sse_stream::{Error as DecodeError, Sse as Event, SseByteStream as Decoder};
+pub use sse_stream::{Sse as Event, SseStream as Decoder};
 
 /// The frame that ends a successful OpenAI stream.
 pub const DONE: Bytes = Bytes::from_static(b"data: [DONE]\n\n");

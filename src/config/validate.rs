@@ -85,8 +85,11 @@ fn validate_http_provider(path: &str, provider: &ProviderConfig, errors: &mut Er
         );
     }
     if let Some(url) = &provider.base_url {
-        match reqwest::Url::parse(url) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        match url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() => {}
             _ => errors.push(
                 format!("{path}.base_url"),
                 format!("expected an http(s) URL such as https://api.openai.com/v1, got {url:?}"),

@@ -13,9 +13,12 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use serde::Serialize;
 
+use super::http_client::HttpClient;
 use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::{ChatRequest, StreamOptions};
 use crate::api::embeddings::EmbeddingsRequest;
@@ -39,28 +42,29 @@ pub fn base_url(config: &ProviderConfig) -> &str {
 
 pub struct OpenAi {
     name: Arc<str>,
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
+    chat_uri: Uri,
+    embeddings_uri: Uri,
     /// Credentials and configured extra headers, built once.
     headers: HeaderMap,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl OpenAi {
     pub fn new(
         name: Arc<str>,
         config: &ProviderConfig,
-        client: reqwest::Client,
+        client: HttpClient,
     ) -> Result<Self, String> {
         let base = base_url(config);
-        let url = |path: &str| {
-            reqwest::Url::parse(&format!("{base}/{path}"))
+        let uri = |path: &str| {
+            format!("{base}/{path}")
+                .parse::<Uri>()
                 .map_err(|e| format!("invalid base_url {base:?}: {e}"))
         };
         Ok(Self {
             name,
-            chat_url: url("chat/completions")?,
-            embeddings_url: url("embeddings")?,
+            chat_uri: uri("chat/completions")?,
+            embeddings_uri: uri("embeddings")?,
             headers: outbound_headers(config)?,
             client,
         })
@@ -68,45 +72,60 @@ impl OpenAi {
 
     async fn post(
         &self,
-        url: &reqwest::Url,
+        uri: &Uri,
         body: Vec<u8>,
         request_id: &str,
-    ) -> Result<reqwest::Response, GatewayError> {
-        let mut request = self.client.post(url.clone()).headers(self.headers.clone());
+    ) -> Result<http::Response<Incoming>, GatewayError> {
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = self.headers.clone();
         if let Ok(id) = HeaderValue::from_str(request_id) {
-            request = request.header(REQUEST_ID, id);
+            request.headers_mut().insert(REQUEST_ID, id);
         }
-        let response = request
-            .body(body)
-            .send()
+        let response = self
+            .client
+            .request(request)
             .await
             .map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = read_bounded(response, MAX_ERROR_BODY).await;
-        Err(super::upstream_error(&self.name, status, &headers, &body))
+        let (parts, body) = response.into_parts();
+        let body = read_bounded(body, MAX_ERROR_BODY).await;
+        Err(super::upstream_error(
+            &self.name,
+            parts.status,
+            &parts.headers,
+            &body,
+        ))
     }
 
-    fn unreachable(&self, error: &reqwest::Error) -> GatewayError {
+    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> GatewayError {
         GatewayError::UpstreamUnreachable {
             provider: self.name.to_string(),
             detail: error_chain(error),
         }
     }
 
+    /// The whole body of a successful, non-streamed answer.
+    async fn read_body(&self, response: http::Response<Incoming>) -> Result<Bytes, GatewayError> {
+        let collected = response.into_body().collect().await;
+        collected
+            .map(|c| c.to_bytes())
+            .map_err(|e| self.unreachable(&e))
+    }
+
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
         let body = chat_body(&call)?;
-        let response = self.post(&self.chat_url, body, call.request_id).await?;
+        let response = self.post(&self.chat_uri, body, call.request_id).await?;
         if call.request.is_stream() {
             return Ok(Reply::Stream(Box::pin(OpenAiStream::new(
                 self.name.clone(),
-                response,
+                response.into_body(),
             ))));
         }
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let body = self.read_body(response).await?;
         let (usage, content_len) = probe_completion(&body, &self.name)?;
         Ok(Reply::Json(JsonReply {
             body,
@@ -123,9 +142,9 @@ impl OpenAi {
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
         let response = self
-            .post(&self.embeddings_url, body, call.request_id)
+            .post(&self.embeddings_uri, body, call.request_id)
             .await?;
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let body = self.read_body(response).await?;
         let (usage, _) = probe_completion(&body, &self.name)?;
         Ok(JsonReply {
             body,
@@ -218,16 +237,19 @@ struct OutboundEmbeddings<'a> {
 
 /// Reads at most `limit` bytes of a body; used for error bodies, which are only read for
 /// their message.
-async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
+async fn read_bounded(mut body: Incoming, limit: usize) -> Vec<u8> {
+    let mut read = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let room = limit - read.len();
+        read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if read.len() >= limit {
             break;
         }
     }
-    body
+    read
 }
 
 /// The error and its causes on one line, for logs (never for clients).
@@ -242,23 +264,20 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
 /// Decodes an OpenAI SSE stream into chunks. It ends cleanly only on `data: [DONE]`; a
 /// stream that stops before it ends with an error, so a cut answer is never mistaken for a
 /// complete one.
 struct OpenAiStream {
     provider: Arc<str>,
-    events: sse::Decoder<ByteStream>,
+    events: sse::Decoder<Incoming>,
     finished: bool,
 }
 
 impl OpenAiStream {
-    fn new(provider: Arc<str>, response: reqwest::Response) -> Self {
-        let bytes: ByteStream = Box::pin(response.bytes_stream());
+    fn new(provider: Arc<str>, body: Incoming) -> Self {
         Self {
             provider,
-            events: sse::Decoder::new(bytes),
+            events: sse::Decoder::new(body),
             finished: false,
         }
     }
