@@ -7,15 +7,18 @@
 //! content ([`Chunk::has_content`]) and retry anything that fails before it.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use tokio::time::{Instant, Sleep};
 
 use crate::context::{Mark, RequestRecord};
 use crate::error::GatewayError;
@@ -280,6 +283,55 @@ impl Stream for Metered {
     }
 }
 
+/// Ends a stream with a timeout error when it stays silent for `limit`.
+///
+/// The timer is not re-armed for every chunk (that is a timer-wheel update per chunk):
+/// each chunk only notes the time, and when the timer fires early because chunks came in
+/// meanwhile, it is re-armed once for the last chunk's deadline.
+pub struct IdleTimeout {
+    inner: ChunkStream,
+    sleep: Pin<Box<Sleep>>,
+    limit: Duration,
+    last_item: Instant,
+    provider: Arc<str>,
+}
+
+impl IdleTimeout {
+    pub fn new(inner: ChunkStream, limit: Duration, provider: Arc<str>) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(now + limit)),
+            limit,
+            last_item: now,
+            provider,
+        }
+    }
+}
+
+impl Stream for IdleTimeout {
+    type Item = Result<Chunk, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(item) = self.inner.as_mut().poll_next(cx) {
+            self.last_item = Instant::now();
+            return Poll::Ready(item);
+        }
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let deadline = self.last_item + self.limit;
+            if deadline <= Instant::now() {
+                return Poll::Ready(Some(Err(GatewayError::UpstreamTimeout {
+                    provider: self.provider.to_string(),
+                    phase: "stream idle",
+                    after: self.limit,
+                })));
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +368,29 @@ mod tests {
                 .unwrap()
                 .has_content()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_times_out_only_after_the_idle_limit() {
+        use futures_util::StreamExt;
+        let chunk = || Chunk::from_openai(Bytes::from_static(br#"{"choices":[]}"#), "p");
+        // Chunks every 600 ms, then silence: a 1 s limit is never hit between them.
+        let paced = futures_util::stream::iter(0..3).then(move |_| async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            chunk()
+        });
+        let silent = paced.chain(futures_util::stream::pending());
+        let mut stream = IdleTimeout::new(Box::pin(silent), Duration::from_secs(1), "p".into());
+        let started = Instant::now();
+        for _ in 0..3 {
+            assert!(stream.next().await.unwrap().is_ok());
+        }
+        let timed_out = stream.next().await.unwrap();
+        assert!(matches!(
+            timed_out,
+            Err(GatewayError::UpstreamTimeout { .. })
+        ));
+        assert_eq!(started.elapsed(), Duration::from_millis(2800));
     }
 
     #[test]

@@ -57,6 +57,10 @@ impl SseRelay {
 
     fn push(&mut self, chunk: &Chunk) {
         if !(self.hide_usage && chunk.usage_only) {
+            if self.batch.capacity() == 0 {
+                // Room for a typical burst of chunks without growing.
+                self.batch.reserve(8 * 1024);
+            }
             sse::write_data_frame(&mut self.batch, &chunk.json);
         }
     }

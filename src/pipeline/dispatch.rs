@@ -9,7 +9,6 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use tower::Service;
 
@@ -18,7 +17,7 @@ use crate::context::{Mark, RequestRecord};
 use crate::error::GatewayError;
 use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::snapshot::Target;
-use crate::stream::{ChunkStream, JsonReply, Metered, Reply};
+use crate::stream::{IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,12 +66,9 @@ async fn dispatch(request: GatewayRequest) -> Result<Reply, GatewayError> {
                 Call::Embeddings(_) => 0,
             };
             let idle = target.provider.timeouts.stream_idle;
-            let stream = idle_timeout(stream, idle, &target.provider.name);
-            Reply::Stream(Box::pin(Metered::new(
-                stream,
-                record.clone(),
-                prompt_estimate,
-            )))
+            let stream = IdleTimeout::new(stream, idle, target.provider.name.clone());
+            let metered = Metered::new(Box::pin(stream), record.clone(), prompt_estimate);
+            Reply::Stream(Box::pin(metered))
         }
     })
 }
@@ -118,21 +114,6 @@ async fn within<T>(
                 after: limit,
             })
         })
-}
-
-/// Ends a stream with a timeout error when the provider stays silent for `limit`.
-fn idle_timeout(stream: ChunkStream, limit: Duration, provider: &str) -> ChunkStream {
-    let provider = provider.to_owned();
-    let timed = tokio_stream::StreamExt::timeout(stream, limit);
-    Box::pin(timed.map(move |item| {
-        item.unwrap_or_else(|_| {
-            Err(GatewayError::UpstreamTimeout {
-                provider: provider.clone(),
-                phase: "stream idle",
-                after: limit,
-            })
-        })
-    }))
 }
 
 /// Usage for a complete answer whose provider reported none.
