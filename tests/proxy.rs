@@ -176,7 +176,7 @@ async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
     SseReader::new(response).all().await;
     let line = logs.wait_access(&id).await;
     assert_eq!(line["usage_source"], "provider");
-    assert!(line["first_content_ms"].as_f64().unwrap() >= line["first_byte_ms"].as_f64().unwrap());
+    assert!(line["first_content_us"].as_u64().unwrap() >= line["first_byte_us"].as_u64().unwrap());
 }
 
 #[tokio::test]
