@@ -136,14 +136,6 @@ impl RequestRecord {
         self.state().usage = Some(usage);
     }
 
-    pub fn usage(&self) -> Option<Usage> {
-        self.state().usage
-    }
-
-    pub fn timings(&self) -> Timings {
-        self.state().timings
-    }
-
     /// The response head went out with this status. A complete (non-streamed) body counts
     /// as delivered at once; a stream is delivered when it ends.
     pub fn respond(&self, status: u16, streaming: bool) {

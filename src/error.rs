@@ -80,14 +80,6 @@ pub struct UpstreamStatus {
     pub retry_after: Option<Duration>,
 }
 
-/// Who caused an error, for logs, metrics and retry decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    Client,
-    Upstream,
-    Gateway,
-}
-
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -107,17 +99,6 @@ impl GatewayError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn fault(&self) -> Fault {
-        match self {
-            Self::Upstream(_)
-            | Self::UpstreamUnreachable { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamProtocol { .. } => Fault::Upstream,
-            Self::NoUsableTarget { .. } | Self::Internal(_) => Fault::Gateway,
-            _ => Fault::Client,
         }
     }
 

@@ -63,10 +63,6 @@ impl Usage {
             ..Self::default()
         }
     }
-
-    pub fn cached_tokens(&self) -> u64 {
-        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
-    }
 }
 
 /// A rough token count for text, for when no tokenizer applies: about four bytes of
@@ -104,7 +100,7 @@ mod tests {
                 "prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}"#,
         )
         .unwrap();
-        assert_eq!(usage.cached_tokens(), 4);
+        assert_eq!(usage.prompt_tokens_details.unwrap().cached_tokens, 4);
         assert_eq!(usage.source, UsageSource::Provider);
     }
 }
