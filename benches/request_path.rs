@@ -42,6 +42,7 @@ fn request_path(c: &mut Criterion) {
                 request: black_box(&request),
                 model: "gpt-4o-mini-2024-07-18",
                 request_id: "req_0123456789abcdef01234567",
+                max_tokens: None,
             };
             chat_body(&call)
         })

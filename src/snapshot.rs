@@ -39,6 +39,7 @@ pub struct Target {
     pub provider: Arc<ProviderEntry>,
     pub upstream_model: Arc<str>,
     pub weight: u32,
+    pub max_tokens: Option<u64>,
 }
 
 impl Target {
@@ -101,6 +102,7 @@ impl Snapshot {
                         provider: providers[t.provider.as_str()].clone(),
                         upstream_model: Arc::from(t.model.as_deref().unwrap_or(&name)),
                         weight: t.weight,
+                        max_tokens: t.max_tokens,
                     })
                     .collect();
                 (name.clone(), Arc::new(ModelRoute { name, targets }))

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use tokio::time::{Instant, Sleep};
 
+use crate::api::chat::{ChatCompletionChunk, ChunkChoice, Delta};
 use crate::context::{Mark, RequestRecord};
 use crate::error::GatewayError;
 use crate::usage::{Usage, UsageSource, estimate_tokens};
@@ -75,6 +76,81 @@ impl Chunk {
     pub fn has_content(&self) -> bool {
         self.content_len > 0
     }
+}
+
+/// Writes the chunks of a stream an adapter translates: the same id, model and creation
+/// time on every chunk, as OpenAI's own streams have.
+pub struct ChunkWriter {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl ChunkWriter {
+    pub fn new(id: String, model: String) -> Self {
+        Self {
+            id,
+            model,
+            created: crate::api::unix_time(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// A chunk with one choice's delta and, at the end of that choice, its finish reason.
+    pub fn delta(&self, index: u32, delta: Delta<'_>, finish_reason: Option<&str>) -> Chunk {
+        let content_len = delta.text_len();
+        let json = self.write(
+            vec![ChunkChoice {
+                index,
+                delta,
+                finish_reason,
+            }],
+            None,
+        );
+        Chunk {
+            json,
+            content_len,
+            usage: None,
+            usage_only: false,
+        }
+    }
+
+    /// The usage chunk that ends a stream: no choices, only usage.
+    pub fn usage(&self, usage: Usage) -> Chunk {
+        Chunk {
+            json: self.write(Vec::new(), Some(usage)),
+            content_len: 0,
+            usage: Some(usage),
+            usage_only: true,
+        }
+    }
+
+    fn write(&self, choices: Vec<ChunkChoice<'_>>, usage: Option<Usage>) -> Bytes {
+        to_json(&ChatCompletionChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        })
+    }
+}
+
+/// JSON of a response struct made only of strings, numbers and maps (cannot fail).
+pub fn to_json(value: &impl serde::Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// The error object OpenAI-compatible servers send, in bodies and in streams.

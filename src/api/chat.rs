@@ -97,7 +97,13 @@ pub enum Role {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Message {
     pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Absent is `None`; an explicit `null` (as clients send with tool calls) is
+    /// `Some(MessageContent::Null)`, so it is written back as it came.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub content: Option<MessageContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -109,18 +115,25 @@ pub struct Message {
     pub extra: Map<String, Value>,
 }
 
-/// Message content: a plain string or a list of typed parts.
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MessageContent>, D::Error> {
+    MessageContent::deserialize(d).map(Some)
+}
+
+/// Message content: a plain string, a list of typed parts, or an explicit `null`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
+    Null,
 }
 
 impl MessageContent {
     /// The text of this content, text parts joined with newlines.
     pub fn text(&self) -> String {
         match self {
+            Self::Null => String::new(),
             Self::Text(text) => text.clone(),
             Self::Parts(parts) => parts
                 .iter()
@@ -136,6 +149,7 @@ impl MessageContent {
     /// Length in bytes of the text this content carries (for token estimates).
     pub fn text_len(&self) -> usize {
         match self {
+            Self::Null => 0,
             Self::Text(text) => text.len(),
             Self::Parts(parts) => parts
                 .iter()
@@ -224,28 +238,45 @@ pub enum Stop {
 
 // ---- responses, as built by adapters that do not speak OpenAI natively (and the mock)
 
+/// A chat completion an adapter built from a native answer.
 #[derive(Debug, Serialize)]
-pub struct ChatCompletion<'a> {
-    pub id: &'a str,
+pub struct ChatCompletion {
+    pub id: String,
     pub object: &'static str,
     pub created: u64,
-    pub model: &'a str,
-    pub choices: Vec<Choice<'a>>,
+    pub model: String,
+    pub choices: Vec<Choice>,
     pub usage: Usage,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Choice<'a> {
+pub struct Choice {
     pub index: u32,
-    pub message: AssistantMessage<'a>,
-    pub finish_reason: Option<&'a str>,
+    pub message: AssistantMessage,
+    pub finish_reason: Option<&'static str>,
     pub logprobs: Option<()>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct AssistantMessage<'a> {
+#[derive(Debug, Default, Serialize)]
+pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: Option<&'a str>,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// Thinking or reasoning text, kept under the name DeepSeek and vLLM use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl ToolCall {
+    pub fn function(id: String, name: String, arguments: String) -> Self {
+        Self {
+            id,
+            kind: "function".to_owned(),
+            function: FunctionCall { name, arguments },
+            extra: Map::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -272,4 +303,43 @@ pub struct Delta<'a> {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+impl Delta<'_> {
+    /// Bytes of generated text this delta carries; a tool call's first delta counts even
+    /// when it only names the tool, since it starts the answer.
+    pub fn text_len(&self) -> usize {
+        let tools: usize = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|t| {
+                (t.function.name.map_or(0, str::len) + t.function.arguments.map_or(0, str::len))
+                    .max(1)
+            })
+            .sum();
+        self.content.map_or(0, str::len) + self.reasoning_content.map_or(0, str::len) + tools
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta<'a> {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<&'a str>,
 }

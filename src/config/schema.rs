@@ -60,6 +60,12 @@ impl Default for ServerConfig {
 pub enum ProviderKind {
     /// OpenAI or any server that speaks its API (vLLM, Ollama, Groq, DeepSeek, Together...).
     Openai,
+    /// Azure OpenAI: OpenAI's API at per-deployment URLs.
+    Azure,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Google's Generative Language API (Gemini).
+    Gemini,
     /// The built-in deterministic mock.
     Mock,
 }
@@ -68,9 +74,23 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Openai => "openai",
+            Self::Azure => "azure",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
             Self::Mock => "mock",
         }
     }
+}
+
+/// What a translating adapter does with an OpenAI parameter its provider cannot express.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsupportedParams {
+    /// Answer 400, naming the parameter and the provider.
+    #[default]
+    Reject,
+    /// Leave it out of the request.
+    Drop,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +113,20 @@ pub struct ProviderConfig {
     /// Behaviour of a `mock` provider.
     #[serde(default)]
     pub mock: Option<MockConfig>,
+    /// anthropic: the `anthropic-version` header (default 2023-06-01).
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// anthropic: `max_tokens` when neither the request nor the target sets one (default
+    /// 4096; Anthropic requires it).
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
+    /// azure: the `api-version` query parameter (default 2024-10-21).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// anthropic, gemini: OpenAI parameters the provider cannot express are rejected (400)
+    /// or dropped.
+    #[serde(default)]
+    pub unsupported_params: Option<UnsupportedParams>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -180,6 +214,10 @@ pub struct TargetConfig {
     /// Relative share of traffic among this model's targets.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Completion budget when the request sets none, for providers that require one
+    /// (anthropic); overrides the provider's `default_max_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
 }
 
 fn one() -> u32 {

@@ -72,8 +72,54 @@ fn validate_provider(path: &str, name: &str, provider: &ProviderConfig, errors: 
         timeouts.stream_idle,
     );
     match provider.kind {
-        ProviderKind::Openai => validate_http_provider(path, provider, errors),
         ProviderKind::Mock => validate_mock_provider(path, provider, errors),
+        _ => validate_http_provider(path, provider, errors),
+    }
+    validate_kind_keys(path, provider, errors);
+}
+
+/// Keys that only mean something for one kind of provider.
+fn validate_kind_keys(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
+    use ProviderKind::{Anthropic, Azure, Gemini};
+    let kind = provider.kind;
+    let keys: [(&str, bool, &[ProviderKind]); 4] = [
+        (
+            "anthropic_version",
+            provider.anthropic_version.is_some(),
+            &[Anthropic],
+        ),
+        (
+            "default_max_tokens",
+            provider.default_max_tokens.is_some(),
+            &[Anthropic],
+        ),
+        ("api_version", provider.api_version.is_some(), &[Azure]),
+        (
+            "unsupported_params",
+            provider.unsupported_params.is_some(),
+            &[Anthropic, Gemini],
+        ),
+    ];
+    for (key, present, kinds) in keys {
+        if present && !kinds.contains(&kind) {
+            let allowed: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            errors.push(
+                format!("{path}.{key}"),
+                format!("only used by providers of kind {}", allowed.join(" or ")),
+            );
+        }
+    }
+    if kind == Azure && provider.base_url.is_none() {
+        errors.push(
+            format!("{path}.base_url"),
+            "expected the Azure resource endpoint, such as https://NAME.openai.azure.com",
+        );
+    }
+    if provider.default_max_tokens == Some(0) {
+        errors.push(
+            format!("{path}.default_max_tokens"),
+            "expected a number above zero",
+        );
     }
 }
 
@@ -196,6 +242,12 @@ fn validate_model(
                     target.provider,
                     known.join(", ")
                 ),
+            );
+        }
+        if target.max_tokens == Some(0) {
+            errors.push(
+                format!("{path}.targets[{index}].max_tokens"),
+                "expected a number above zero",
             );
         }
         if target.model.as_deref() == Some("") {

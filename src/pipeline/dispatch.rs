@@ -84,6 +84,7 @@ async fn attempt(target: &Target, call: &Call, request_id: &str) -> Result<Reply
                 request,
                 model,
                 request_id,
+                max_tokens: target.max_tokens,
             };
             within(timeout, &provider.name, provider.adapter.chat(call)).await
         }

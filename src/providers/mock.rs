@@ -7,22 +7,19 @@
 //! kind OpenAI's would be. Config knobs add latency and failures (see `MockConfig`).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, stream};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use super::{ChatCall, EmbeddingsCall, Provider};
-use crate::api::chat::{
-    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChunkChoice, Delta,
-};
+use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, Delta};
 use crate::api::embeddings::{Embedding, EmbeddingVector, EmbeddingsResponse, EncodingFormat};
 use crate::config::schema::{MockConfig, MockFault};
 use crate::error::GatewayError;
-use crate::stream::{Chunk, JsonReply, Reply};
+use crate::stream::{Chunk, ChunkWriter, JsonReply, Reply, to_json};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
 /// Dimensions of a mock embedding when the request does not choose.
@@ -71,12 +68,7 @@ impl Mock {
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let body = body.unwrap_or_else(|| default_error_body(status));
-                Err(super::upstream_error(
-                    &self.name,
-                    status,
-                    &HeaderMap::new(),
-                    body.as_bytes(),
-                ))
+                Err(super::mock_error(&self.name, status, body.as_bytes()))
             }
         }
     }
@@ -88,11 +80,11 @@ impl Mock {
             return Ok(Reply::Stream(self.stream(answer, cut_after)));
         }
         tokio::time::sleep(self.config.latency).await;
-        let body = answer.completion_json();
+        let (usage, content_len) = (answer.usage, answer.text.len());
         Ok(Reply::Json(JsonReply {
-            body,
-            usage: Some(answer.usage),
-            content_len: answer.text.len(),
+            body: answer.completion_json(),
+            usage: Some(usage),
+            content_len,
         }))
     }
 
@@ -173,7 +165,6 @@ impl Provider for Mock {
 struct Answer {
     id: String,
     model: String,
-    created: u64,
     text: String,
     finish_reason: &'static str,
     usage: Usage,
@@ -204,24 +195,24 @@ impl Answer {
         Self {
             id: format!("chatcmpl-mock-{}", call.request_id),
             model: call.model.to_owned(),
-            created: unix_now(),
             text,
             finish_reason,
             usage,
         }
     }
 
-    fn completion_json(&self) -> Bytes {
+    fn completion_json(self) -> Bytes {
         to_json(&ChatCompletion {
-            id: &self.id,
+            id: self.id,
             object: "chat.completion",
-            created: self.created,
-            model: &self.model,
+            created: crate::api::unix_time(),
+            model: self.model,
             choices: vec![Choice {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: Some(&self.text),
+                    content: Some(self.text),
+                    ..AssistantMessage::default()
                 },
                 finish_reason: Some(self.finish_reason),
                 logprobs: None,
@@ -230,56 +221,24 @@ impl Answer {
         })
     }
 
-    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Chunk {
-        let content_len = delta.content.map_or(0, str::len);
-        let json = to_json(&ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-            }],
-            usage: None,
-        });
-        Chunk {
-            json,
-            content_len,
-            usage: None,
-            usage_only: false,
-        }
-    }
-
-    fn chunks(&self) -> Vec<Chunk> {
+    /// Role chunk, a chunk per word, the finish chunk and the usage chunk.
+    fn chunks(self) -> Vec<Chunk> {
+        let writer = ChunkWriter::new(self.id, self.model);
         let role = Delta {
             role: Some("assistant"),
             content: Some(""),
+            ..Delta::default()
         };
-        let mut chunks = vec![self.chunk(role, None)];
+        let mut chunks = vec![writer.delta(0, role, None)];
         for word in self.text.split_inclusive(' ') {
             let delta = Delta {
-                role: None,
                 content: Some(word),
+                ..Delta::default()
             };
-            chunks.push(self.chunk(delta, None));
+            chunks.push(writer.delta(0, delta, None));
         }
-        chunks.push(self.chunk(Delta::default(), Some(self.finish_reason)));
-        let usage = to_json(&ChatCompletionChunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: Vec::new(),
-            usage: Some(self.usage),
-        });
-        chunks.push(Chunk {
-            json: usage,
-            content_len: 0,
-            usage: Some(self.usage),
-            usage_only: true,
-        });
+        chunks.push(writer.delta(0, Delta::default(), Some(self.finish_reason)));
+        chunks.push(writer.usage(self.usage));
         chunks
     }
 }
@@ -321,17 +280,6 @@ fn encode_vector(vector: Vec<f32>, base64: bool) -> EmbeddingVector {
     }
     let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
     EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-fn to_json(value: &impl serde::Serialize) -> Bytes {
-    // These response structs hold only strings and numbers: serializing cannot fail.
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

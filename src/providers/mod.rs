@@ -5,9 +5,13 @@
 //! shape and nothing else. It does not retry, log, time out or pick targets; those are the
 //! pipeline's jobs. Providers never import pipeline layers.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod http_client;
 mod mock;
 pub mod openai;
+mod translate;
+mod transport;
 mod upstream_error;
 
 use std::sync::Arc;
@@ -21,7 +25,16 @@ use crate::error::GatewayError;
 use crate::stream::{JsonReply, Reply};
 use http_client::HttpClients;
 
-pub use upstream_error::from_status as upstream_error;
+/// An error status from the built-in mock, read as OpenAI's error body.
+pub fn mock_error(provider: &str, status: http::StatusCode, body: &[u8]) -> GatewayError {
+    upstream_error::from_status(
+        provider,
+        status,
+        &http::HeaderMap::new(),
+        body,
+        upstream_error::openai_error,
+    )
+}
 
 /// One chat completion attempt against one target.
 pub struct ChatCall<'a> {
@@ -29,6 +42,9 @@ pub struct ChatCall<'a> {
     /// The target's upstream model name (replaces the public name the client sent).
     pub model: &'a str,
     pub request_id: &'a str,
+    /// The target's completion budget for requests that set none (providers that require
+    /// one use it before their own default).
+    pub max_tokens: Option<u64>,
 }
 
 /// One embeddings attempt against one target.
@@ -59,22 +75,28 @@ pub fn build(
     config: &ProviderConfig,
     clients: &HttpClients,
 ) -> Result<Arc<dyn Provider>, String> {
+    if config.kind == ProviderKind::Mock {
+        let mock = config.mock.clone().unwrap_or_default();
+        return Ok(Arc::new(mock::Mock::new(name.clone(), mock)));
+    }
+    let client = clients.get(config.timeouts.connect)?;
+    let name = name.clone();
     Ok(match config.kind {
-        ProviderKind::Openai => {
-            let client = clients.get(config.timeouts.connect)?;
-            Arc::new(openai::OpenAi::new(name.clone(), config, client)?)
+        ProviderKind::Openai | ProviderKind::Azure => {
+            Arc::new(openai::OpenAi::new(name, config, client)?)
         }
-        ProviderKind::Mock => Arc::new(mock::Mock::new(
-            name.clone(),
-            config.mock.clone().unwrap_or_default(),
-        )),
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(name, config, client)?),
+        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(name, config, client)?),
+        ProviderKind::Mock => unreachable!(),
     })
 }
 
 /// Where a provider sends requests, for humans (`check-config`).
 pub fn base_url(config: &ProviderConfig) -> Option<String> {
     match config.kind {
-        ProviderKind::Openai => Some(openai::base_url(config).to_owned()),
+        ProviderKind::Openai | ProviderKind::Azure => Some(openai::base_url(config).to_owned()),
+        ProviderKind::Anthropic => Some(anthropic::base_url(config).to_owned()),
+        ProviderKind::Gemini => Some(gemini::base_url(config).to_owned()),
         ProviderKind::Mock => None,
     }
 }

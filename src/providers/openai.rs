@@ -1,5 +1,6 @@
-//! The `openai` adapter: OpenAI itself or any server that speaks its API (vLLM, Ollama,
-//! Groq, DeepSeek, Together, LM Studio...).
+//! The `openai` and `azure` adapters: OpenAI itself or any server that speaks its API
+//! (vLLM, Ollama, Groq, DeepSeek, Together, LM Studio...), and Azure OpenAI, which speaks
+//! it at per-deployment URLs with an `api-key` header.
 //!
 //! The request goes out as the client sent it, unknown fields included, with three
 //! changes: `model` is the target's upstream name, a stream always asks for usage, and the
@@ -13,24 +14,23 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::http_client::HttpClient;
+use super::transport::{self, Transport, error_chain};
+use super::upstream_error::openai_error;
 use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::{ChatRequest, StreamOptions};
 use crate::api::embeddings::EmbeddingsRequest;
-use crate::config::schema::ProviderConfig;
+use crate::config::schema::{ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
-use crate::headers::REQUEST_ID;
 use crate::sse;
 use crate::stream::{Chunk, JsonReply, Reply, probe_completion};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-/// Error bodies are read for their message only; a larger one is cut here.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 pub fn base_url(config: &ProviderConfig) -> &str {
     config
@@ -40,13 +40,43 @@ pub fn base_url(config: &ProviderConfig) -> &str {
         .trim_end_matches('/')
 }
 
+/// Where requests go: fixed URLs, or Azure's URLs per deployment (the upstream model).
+enum Endpoints {
+    Fixed { chat: Uri, embeddings: Uri },
+    Azure { base: String, api_version: String },
+}
+
+impl Endpoints {
+    fn chat(&self, model: &str) -> Result<Uri, GatewayError> {
+        match self {
+            Self::Fixed { chat, .. } => Ok(chat.clone()),
+            Self::Azure { .. } => self.azure(model, "chat/completions"),
+        }
+    }
+
+    fn embeddings(&self, model: &str) -> Result<Uri, GatewayError> {
+        match self {
+            Self::Fixed { embeddings, .. } => Ok(embeddings.clone()),
+            Self::Azure { .. } => self.azure(model, "embeddings"),
+        }
+    }
+
+    fn azure(&self, deployment: &str, operation: &str) -> Result<Uri, GatewayError> {
+        let Self::Azure { base, api_version } = self else {
+            return Err(GatewayError::Internal("not an Azure endpoint".into()));
+        };
+        let uri =
+            format!("{base}/openai/deployments/{deployment}/{operation}?api-version={api_version}");
+        uri.parse().map_err(|_| GatewayError::InvalidParam {
+            param: "model".into(),
+            message: format!("'{deployment}' is not a valid Azure deployment name"),
+        })
+    }
+}
+
 pub struct OpenAi {
-    name: Arc<str>,
-    chat_uri: Uri,
-    embeddings_uri: Uri,
-    /// Credentials and configured extra headers, built once.
-    headers: HeaderMap,
-    client: HttpClient,
+    transport: Transport,
+    endpoints: Endpoints,
 }
 
 impl OpenAi {
@@ -56,77 +86,39 @@ impl OpenAi {
         client: HttpClient,
     ) -> Result<Self, String> {
         let base = base_url(config);
-        let uri = |path: &str| {
-            format!("{base}/{path}")
-                .parse::<Uri>()
-                .map_err(|e| format!("invalid base_url {base:?}: {e}"))
+        let endpoints = match config.kind {
+            ProviderKind::Azure => Endpoints::Azure {
+                base: base.to_owned(),
+                api_version: config
+                    .api_version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_owned()),
+            },
+            _ => Endpoints::Fixed {
+                chat: transport::join(base, "chat/completions")?,
+                embeddings: transport::join(base, "embeddings")?,
+            },
         };
+        let headers = outbound_headers(config)?;
         Ok(Self {
-            name,
-            chat_uri: uri("chat/completions")?,
-            embeddings_uri: uri("embeddings")?,
-            headers: outbound_headers(config)?,
-            client,
+            transport: Transport::new(name, client, headers, openai_error),
+            endpoints,
         })
-    }
-
-    async fn post(
-        &self,
-        uri: &Uri,
-        body: Vec<u8>,
-        request_id: &str,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
-        let mut request = Request::new(Full::new(Bytes::from(body)));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            request.headers_mut().insert(REQUEST_ID, id);
-        }
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let (parts, body) = response.into_parts();
-        let body = read_bounded(body, MAX_ERROR_BODY).await;
-        Err(super::upstream_error(
-            &self.name,
-            parts.status,
-            &parts.headers,
-            &body,
-        ))
-    }
-
-    fn unreachable(&self, error: &(dyn std::error::Error + 'static)) -> GatewayError {
-        GatewayError::UpstreamUnreachable {
-            provider: self.name.to_string(),
-            detail: error_chain(error),
-        }
-    }
-
-    /// The whole body of a successful, non-streamed answer.
-    async fn read_body(&self, response: http::Response<Incoming>) -> Result<Bytes, GatewayError> {
-        let collected = response.into_body().collect().await;
-        collected
-            .map(|c| c.to_bytes())
-            .map_err(|e| self.unreachable(&e))
     }
 
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
         let body = chat_body(&call)?;
-        let response = self.post(&self.chat_uri, body, call.request_id).await?;
+        let uri = self.endpoints.chat(call.model)?;
+        let response = self.transport.post(uri, body, call.request_id).await?;
         if call.request.is_stream() {
+            let name = self.transport.name.clone();
             return Ok(Reply::Stream(Box::pin(OpenAiStream::new(
-                self.name.clone(),
+                name,
                 response.into_body(),
             ))));
         }
-        let body = self.read_body(response).await?;
-        let (usage, content_len) = probe_completion(&body, &self.name)?;
+        let body = self.transport.read_body(response).await?;
+        let (usage, content_len) = probe_completion(&body, &self.transport.name)?;
         Ok(Reply::Json(JsonReply {
             body,
             usage,
@@ -141,11 +133,10 @@ impl OpenAi {
         };
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
-        let response = self
-            .post(&self.embeddings_uri, body, call.request_id)
-            .await?;
-        let body = self.read_body(response).await?;
-        let (usage, _) = probe_completion(&body, &self.name)?;
+        let uri = self.endpoints.embeddings(call.model)?;
+        let response = self.transport.post(uri, body, call.request_id).await?;
+        let body = self.transport.read_body(response).await?;
+        let (usage, _) = probe_completion(&body, &self.transport.name)?;
         Ok(JsonReply {
             body,
             usage,
@@ -167,19 +158,34 @@ impl Provider for OpenAi {
     }
 }
 
+/// Credentials (`Authorization: Bearer`, or Azure's `api-key`) and configured headers.
 fn outbound_headers(config: &ProviderConfig) -> Result<HeaderMap, String> {
+    let key = config.api_key.as_deref().filter(|k| !k.is_empty());
+    let credential = key.map(|key| match config.kind {
+        ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_owned()),
+        _ => (header::AUTHORIZATION, format!("Bearer {key}")),
+    });
+    json_headers(credential, &config.headers)
+}
+
+/// `content-type: application/json`, the credential header (marked sensitive, so it never
+/// shows in debug output) and the configured extra headers.
+pub fn json_headers(
+    credential: Option<(HeaderName, String)>,
+    extra: &indexmap::IndexMap<String, String>,
+) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(key) = config.api_key.as_deref().filter(|k| !k.is_empty()) {
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+    if let Some((name, value)) = credential {
+        let mut value = HeaderValue::from_str(&value)
             .map_err(|_| "api_key contains characters not allowed in a header".to_owned())?;
         value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
+        headers.insert(name, value);
     }
-    for (name, value) in &config.headers {
+    for (name, value) in extra {
         // Validation has checked both.
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
         let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
@@ -233,35 +239,6 @@ struct OutboundEmbeddings<'a> {
     model: &'a str,
     #[serde(flatten)]
     request: &'a EmbeddingsRequest,
-}
-
-/// Reads at most `limit` bytes of a body; used for error bodies, which are only read for
-/// their message.
-async fn read_bounded(mut body: Incoming, limit: usize) -> Vec<u8> {
-    let mut read = Vec::new();
-    while let Some(Ok(frame)) = body.frame().await {
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        let room = limit - read.len();
-        read.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if read.len() >= limit {
-            break;
-        }
-    }
-    read
-}
-
-/// The error and its causes on one line, for logs (never for clients).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Decodes an OpenAI SSE stream into chunks. It ends cleanly only on `data: [DONE]`; a

@@ -8,24 +8,58 @@ use serde::Deserialize;
 use crate::error::{GatewayError, UpstreamStatus};
 use crate::stream::UpstreamErrorObject;
 
+/// What a provider's error body says, read by the adapter's own parser.
+#[derive(Debug, Default)]
+pub struct ErrorParts {
+    pub message: Option<String>,
+    pub kind: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+/// An adapter's reader of its provider's error bodies.
+pub type ErrorParser = fn(&[u8]) -> Option<ErrorParts>;
+
 #[derive(Deserialize)]
 struct Envelope {
     error: UpstreamErrorObject,
 }
 
-/// An error status from `provider`: its own message, type, code and param when the body is
-/// OpenAI-shaped, a plain description otherwise. A 401 means the provider rejected the
-/// gateway's own credentials, and its message may quote part of that key, so the message
-/// is replaced.
+/// OpenAI's error body: `{"error": {"message", "type", "code", "param"}}`.
+pub fn openai_error(body: &[u8]) -> Option<ErrorParts> {
+    let error = serde_json::from_slice::<Envelope>(body).ok()?.error;
+    Some(ErrorParts {
+        message: error.message,
+        kind: error.kind,
+        code: error.code,
+        param: error.param,
+    })
+}
+
+/// The OpenAI error `type` for an HTTP status, when the provider gives none we can use.
+pub fn kind_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+/// An error status from `provider`: its own message, type, code and param when `parse`
+/// understands the body, a plain description otherwise. A 401 means the provider rejected
+/// the gateway's own credentials, and its message may quote part of that key, so the
+/// message is replaced.
 pub fn from_status(
     provider: &str,
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
+    parse: ErrorParser,
 ) -> GatewayError {
-    let parsed = serde_json::from_slice::<Envelope>(body)
-        .ok()
-        .map(|e| e.error);
+    let parsed = parse(body);
     let (message, kind, code, param) = match parsed {
         Some(error) if status != StatusCode::UNAUTHORIZED => {
             let message = error
@@ -84,7 +118,13 @@ mod tests {
     #[test]
     fn openai_shaped_errors_keep_their_fields() {
         let body = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
-        let err = from_status("openai", StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
+        let err = from_status(
+            "openai",
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            body,
+            openai_error,
+        );
         let GatewayError::Upstream(upstream) = &err else {
             panic!("{err:?}")
         };
@@ -96,7 +136,13 @@ mod tests {
     #[test]
     fn credentials_rejections_never_echo_the_upstream_message() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-abc***wxyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
-        let err = from_status("openai", StatusCode::UNAUTHORIZED, &HeaderMap::new(), body);
+        let err = from_status(
+            "openai",
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            body,
+            openai_error,
+        );
         assert!(!err.to_string().contains("sk-abc"));
     }
 
@@ -104,10 +150,22 @@ mod tests {
     fn retry_after_headers_are_read() {
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", "2".parse().unwrap());
-        let err = from_status("p", StatusCode::TOO_MANY_REQUESTS, &headers, b"not json");
+        let err = from_status(
+            "p",
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"not json",
+            openai_error,
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
         headers.insert("retry-after-ms", "1500".parse().unwrap());
-        let err = from_status("p", StatusCode::TOO_MANY_REQUESTS, &headers, b"");
+        let err = from_status(
+            "p",
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            b"",
+            openai_error,
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
     }
 }

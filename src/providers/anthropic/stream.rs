@@ -1,0 +1,332 @@
+//! Anthropic's streaming events → OpenAI chunks (docs/providers.md, "anthropic" / Stream).
+//!
+//! [`StreamTranslator`] carries the state a stream needs (which content block is which tool
+//! call, the usage so far) and turns one event into at most one chunk. [`AnthropicStream`]
+//! feeds it from the SSE body and ends with an error when the stream stops before
+//! `message_stop`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_util::{Stream, StreamExt};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{JSON_TOOL, NativeUsage, finish_reason, stream_error};
+use crate::api::chat::{Delta, FunctionDelta, ToolCallDelta};
+use crate::error::GatewayError;
+use crate::sse;
+use crate::stream::{Chunk, ChunkWriter};
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u64,
+        content_block: StartBlock,
+    },
+    ContentBlockDelta {
+        index: u64,
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: NativeUsage,
+    },
+    MessageStop,
+    Error {
+        error: ErrorBody,
+    },
+    /// `ping`, `content_block_stop` and event types added later carry nothing to relay.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    id: String,
+    model: String,
+    #[serde(default)]
+    usage: NativeUsage,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StartBlock {
+    Text {
+        #[serde(default)]
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+    },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// What a content block of the stream turned out to be.
+#[derive(Clone, Copy)]
+enum BlockKind {
+    Text,
+    Thinking,
+    /// A tool call, with its index among the answer's tool calls.
+    Tool(u32),
+    /// The forced tool that carries a `response_format` answer: its input is the content.
+    JsonTool,
+    Other,
+}
+
+/// The state of one translated stream.
+pub struct StreamTranslator {
+    provider: Arc<str>,
+    json_mode: bool,
+    writer: Option<ChunkWriter>,
+    blocks: HashMap<u64, BlockKind>,
+    tool_calls: u32,
+    usage: NativeUsage,
+    finished: bool,
+}
+
+impl StreamTranslator {
+    pub fn new(provider: Arc<str>, json_mode: bool) -> Self {
+        Self {
+            provider,
+            json_mode,
+            writer: None,
+            blocks: HashMap::new(),
+            tool_calls: 0,
+            usage: NativeUsage::default(),
+            finished: false,
+        }
+    }
+
+    /// Whether `message_stop` has been seen: the stream is complete.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Translates one event's data into the chunk it yields, if any.
+    pub fn translate(&mut self, data: &str) -> Result<Option<Chunk>, GatewayError> {
+        let event: Event = serde_json::from_str(data)
+            .map_err(|e| self.protocol(format!("malformed JSON in a stream event: {e}")))?;
+        if let Event::MessageStart { message } = event {
+            self.usage = message.usage;
+            let writer = ChunkWriter::new(message.id, message.model);
+            let role = Delta {
+                role: Some("assistant"),
+                content: Some(""),
+                ..Delta::default()
+            };
+            let chunk = writer.delta(0, role, None);
+            self.writer = Some(writer);
+            return Ok(Some(chunk));
+        }
+        if let Event::Error { error } = event {
+            return Err(stream_error(&self.provider, &error.kind, error.message));
+        }
+        let Some(writer) = &self.writer else {
+            return match event {
+                Event::Other => Ok(None),
+                _ => Err(self.protocol("an event came before message_start".into())),
+            };
+        };
+        let chunk = match event {
+            Event::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                let (kind, delta) =
+                    start_block(&content_block, self.json_mode, &mut self.tool_calls);
+                self.blocks.insert(index, kind);
+                delta.map(|delta| writer.delta(0, delta, None))
+            }
+            Event::ContentBlockDelta { index, delta } => {
+                let kind = self.blocks.get(&index).copied().unwrap_or(BlockKind::Other);
+                block_delta(kind, &delta).map(|delta| writer.delta(0, delta, None))
+            }
+            Event::MessageDelta { delta, usage } => {
+                self.usage.merge(usage);
+                let reason = finish_reason(delta.stop_reason.as_deref(), self.json_mode);
+                Some(writer.delta(0, Delta::default(), Some(reason)))
+            }
+            Event::MessageStop => {
+                self.finished = true;
+                Some(writer.usage(self.usage.to_usage()))
+            }
+            Event::MessageStart { .. } | Event::Error { .. } | Event::Other => None,
+        };
+        Ok(chunk)
+    }
+
+    fn protocol(&self, detail: String) -> GatewayError {
+        GatewayError::UpstreamProtocol {
+            provider: self.provider.to_string(),
+            detail,
+        }
+    }
+}
+
+/// What a starting block is, and the delta its start yields.
+fn start_block<'a>(
+    block: &'a StartBlock,
+    json_mode: bool,
+    tool_calls: &mut u32,
+) -> (BlockKind, Option<Delta<'a>>) {
+    match block {
+        StartBlock::Text { text } if text.is_empty() => (BlockKind::Text, None),
+        StartBlock::Text { text } => {
+            let delta = Delta {
+                content: Some(text),
+                ..Delta::default()
+            };
+            (BlockKind::Text, Some(delta))
+        }
+        StartBlock::Thinking { thinking } if thinking.is_empty() => (BlockKind::Thinking, None),
+        StartBlock::Thinking { thinking } => {
+            let delta = Delta {
+                reasoning_content: Some(thinking),
+                ..Delta::default()
+            };
+            (BlockKind::Thinking, Some(delta))
+        }
+        StartBlock::ToolUse { name, .. } if json_mode && name == JSON_TOOL => {
+            (BlockKind::JsonTool, None)
+        }
+        StartBlock::ToolUse { id, name } => {
+            let index = *tool_calls;
+            *tool_calls += 1;
+            let delta = Delta {
+                tool_calls: Some(vec![ToolCallDelta {
+                    index,
+                    id: Some(id),
+                    kind: Some("function"),
+                    function: FunctionDelta {
+                        name: Some(name),
+                        arguments: Some(""),
+                    },
+                }]),
+                ..Delta::default()
+            };
+            (BlockKind::Tool(index), Some(delta))
+        }
+        StartBlock::Other => (BlockKind::Other, None),
+    }
+}
+
+fn block_delta(kind: BlockKind, delta: &BlockDelta) -> Option<Delta<'_>> {
+    match (kind, delta) {
+        (BlockKind::Text, BlockDelta::TextDelta { text }) => Some(Delta {
+            content: Some(text),
+            ..Delta::default()
+        }),
+        (BlockKind::Thinking, BlockDelta::ThinkingDelta { thinking }) => Some(Delta {
+            reasoning_content: Some(thinking),
+            ..Delta::default()
+        }),
+        (BlockKind::JsonTool, BlockDelta::InputJsonDelta { partial_json }) => Some(Delta {
+            content: Some(partial_json),
+            ..Delta::default()
+        }),
+        (BlockKind::Tool(index), BlockDelta::InputJsonDelta { partial_json }) => Some(Delta {
+            tool_calls: Some(vec![ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDelta {
+                    name: None,
+                    arguments: Some(partial_json),
+                },
+            }]),
+            ..Delta::default()
+        }),
+        _ => None,
+    }
+}
+
+/// The chunks of an Anthropic SSE body.
+pub struct AnthropicStream {
+    events: sse::Decoder<Incoming>,
+    translator: StreamTranslator,
+    failed: bool,
+}
+
+impl AnthropicStream {
+    pub fn new(body: Incoming, translator: StreamTranslator) -> Self {
+        Self {
+            events: sse::Decoder::new(body),
+            translator,
+            failed: false,
+        }
+    }
+}
+
+impl Stream for AnthropicStream {
+    type Item = Result<Chunk, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.failed || self.translator.finished() {
+                return Poll::Ready(None);
+            }
+            let result = match ready!(self.events.poll_next_unpin(cx)) {
+                Some(Ok(sse::Event {
+                    data: Some(data), ..
+                })) => self.translator.translate(&data),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Err(self.translator.protocol(format!("the stream broke: {e}"))),
+                None => Err(self
+                    .translator
+                    .protocol("the stream ended before message_stop".into())),
+            };
+            match result {
+                Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
+                Ok(None) => continue,
+                Err(error) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The `gemini` adapter: OpenAI chat completions and embeddings over Google's Generative
+//! Language API. The rules are in docs/providers.md; `request.rs` translates requests,
+//! `response.rs` answers, `stream.rs` streams. The key travels in `x-goog-api-key`, never
+//! in the URL, so it cannot reach a log line.
+
+mod request;
+mod response;
+pub mod stream;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use http::{HeaderName, StatusCode, Uri};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http_client::HttpClient;
+use super::translate::ParamPolicy;
+use super::transport::Transport;
+use super::upstream_error::{ErrorParts, kind_for_status};
+use super::{ChatCall, EmbeddingsCall, Provider};
+use crate::api::embeddings::{
+    Embedding, EmbeddingInput, EmbeddingVector, EmbeddingsResponse, EncodingFormat,
+};
+use crate::config::schema::{ProviderConfig, ProviderKind};
+use crate::error::{GatewayError, UpstreamStatus};
+use crate::stream::{JsonReply, Reply, to_json};
+use crate::usage::{Usage, UsageSource, estimate_tokens};
+use response::NativeError;
+use stream::{GeminiStream, StreamTranslator};
+
+const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+pub fn base_url(config: &ProviderConfig) -> &str {
+    config
+        .base_url
+        .as_deref()
+        .unwrap_or(DEFAULT_BASE_URL)
+        .trim_end_matches('/')
+}
+
+pub struct Gemini {
+    transport: Transport,
+    base_url: String,
+    policy: ParamPolicy,
+}
+
+impl Gemini {
+    pub fn new(
+        name: Arc<str>,
+        config: &ProviderConfig,
+        client: HttpClient,
+    ) -> Result<Self, String> {
+        let key = config.api_key.clone().filter(|k| !k.is_empty());
+        let credential = key.map(|key| (HeaderName::from_static("x-goog-api-key"), key));
+        let headers = super::openai::json_headers(credential, &config.headers)?;
+        Ok(Self {
+            base_url: base_url(config).to_owned(),
+            policy: ParamPolicy {
+                provider: name.clone(),
+                kind: ProviderKind::Gemini,
+                unsupported: config.unsupported_params.unwrap_or_default(),
+            },
+            transport: Transport::new(name, client, headers, error_body),
+        })
+    }
+
+    /// `{base}/models/{model}:{method}`; the model is the target's, so it is checked here.
+    fn uri(&self, model: &str, method: &str) -> Result<Uri, GatewayError> {
+        format!("{}/models/{model}:{method}", self.base_url)
+            .parse()
+            .map_err(|_| GatewayError::InvalidParam {
+                param: "model".into(),
+                message: format!("'{model}' is not a valid Gemini model name"),
+            })
+    }
+
+    async fn post(
+        &self,
+        uri: Uri,
+        body: &Value,
+        request_id: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, GatewayError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
+        self.transport.post(uri, body, request_id).await
+    }
+
+    async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
+        let body = request::translate(call.request, &self.policy)?;
+        if call.request.is_stream() {
+            let uri = self.uri(call.model, "streamGenerateContent?alt=sse")?;
+            let response = self.post(uri, &body, call.request_id).await?;
+            let translator =
+                StreamTranslator::new(self.transport.name.clone(), call.model.to_owned());
+            return Ok(Reply::Stream(Box::pin(GeminiStream::new(
+                response.into_body(),
+                translator,
+            ))));
+        }
+        let uri = self.uri(call.model, "generateContent")?;
+        let response = self.post(uri, &body, call.request_id).await?;
+        let bytes = self.transport.read_body(response).await?;
+        let answer: response::Answer = serde_json::from_slice(&bytes)
+            .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))?;
+        let completion = response::completion(answer, call.model);
+        let content_len = completion
+            .choices
+            .iter()
+            .filter_map(|c| c.message.content.as_ref())
+            .map(String::len)
+            .sum();
+        Ok(Reply::Json(JsonReply {
+            usage: Some(completion.usage),
+            body: to_json(&completion),
+            content_len,
+        }))
+    }
+
+    async fn embeddings_call(&self, call: EmbeddingsCall<'_>) -> Result<JsonReply, GatewayError> {
+        let texts = match &call.request.input {
+            EmbeddingInput::Text(text) => vec![text.clone()],
+            EmbeddingInput::Texts(texts) => texts.clone(),
+            _ => {
+                return Err(GatewayError::InvalidParam {
+                    param: "input".into(),
+                    message: format!(
+                        "provider '{}' (gemini) takes text input, not token ids",
+                        self.transport.name
+                    ),
+                });
+            }
+        };
+        let content = |text: &str| json!({"parts": [{"text": text}]});
+        let with_dimensions = |mut request: Value| {
+            if let Some(dimensions) = call.request.dimensions {
+                request["outputDimensionality"] = json!(dimensions);
+            }
+            request
+        };
+        let vectors = if let [text] = texts.as_slice() {
+            let uri = self.uri(call.model, "embedContent")?;
+            let body = with_dimensions(json!({"content": content(text)}));
+            let answer: SingleEmbedding = self.embed(uri, &body, call.request_id).await?;
+            vec![answer.embedding.values]
+        } else {
+            let uri = self.uri(call.model, "batchEmbedContents")?;
+            let requests: Vec<Value> = texts
+                .iter()
+                .map(|t| {
+                    with_dimensions(
+                        json!({"model": format!("models/{}", call.model), "content": content(t)}),
+                    )
+                })
+                .collect();
+            let answer: BatchEmbeddings = self
+                .embed(uri, &json!({"requests": requests}), call.request_id)
+                .await?;
+            answer.embeddings.into_iter().map(|e| e.values).collect()
+        };
+        let base64 = call.request.encoding_format == Some(EncodingFormat::Base64);
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, values)| Embedding {
+                object: "embedding",
+                index,
+                embedding: encode(values, base64),
+            })
+            .collect();
+        // Gemini reports no usage for embeddings: estimate, and say so.
+        let prompt = texts.iter().map(|t| estimate_tokens(t.len())).sum();
+        let usage = Usage::new(prompt, 0, UsageSource::Estimated);
+        let response = EmbeddingsResponse {
+            object: "list",
+            data,
+            model: call.model,
+            usage,
+        };
+        Ok(JsonReply {
+            body: to_json(&response),
+            usage: Some(usage),
+            content_len: 0,
+        })
+    }
+
+    async fn embed<T: for<'de> Deserialize<'de>>(
+        &self,
+        uri: Uri,
+        body: &Value,
+        request_id: &str,
+    ) -> Result<T, GatewayError> {
+        let response = self.post(uri, body, request_id).await?;
+        let bytes = self.transport.read_body(response).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))
+    }
+}
+
+impl Provider for Gemini {
+    fn chat<'a>(&'a self, call: ChatCall<'a>) -> BoxFuture<'a, Result<Reply, GatewayError>> {
+        self.chat_call(call).boxed()
+    }
+
+    fn embeddings<'a>(
+        &'a self,
+        call: EmbeddingsCall<'a>,
+    ) -> BoxFuture<'a, Result<JsonReply, GatewayError>> {
+        self.embeddings_call(call).boxed()
+    }
+}
+
+#[derive(Deserialize)]
+struct Values {
+    values: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct SingleEmbedding {
+    embedding: Values,
+}
+
+#[derive(Deserialize)]
+struct BatchEmbeddings {
+    embeddings: Vec<Values>,
+}
+
+fn encode(values: Vec<f32>, base64: bool) -> EmbeddingVector {
+    if !base64 {
+        return EmbeddingVector::Float(values);
+    }
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// `{"error": {"code", "message", "status"}}`: the type from the HTTP status, the code is
+/// Gemini's status name.
+fn error_body(body: &[u8]) -> Option<ErrorParts> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: NativeError,
+    }
+    let error = serde_json::from_slice::<Envelope>(body).ok()?.error;
+    let kind = error
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .map(kind_for_status);
+    Some(ErrorParts {
+        message: error.message,
+        kind: kind.map(str::to_owned),
+        code: error.status,
+        param: None,
+    })
+}
+
+/// An error event inside a stream, with the status its code gives.
+fn stream_error(provider: &str, error: &NativeError) -> GatewayError {
+    let status = error
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    GatewayError::Upstream(Box::new(UpstreamStatus {
+        provider: provider.to_owned(),
+        status,
+        message: error
+            .message
+            .clone()
+            .unwrap_or_else(|| "the provider failed mid-stream".into()),
+        kind: Some(kind_for_status(status).to_owned()),
+        code: error.status.clone(),
+        param: None,
+        retry_after: None,
+    }))
+}
