@@ -1,87 +1,20 @@
 //! The stock OpenAI Python SDK against the gateway: chat (streamed and not), models,
 //! embeddings and errors, through both the built-in mock and an OpenAI-compatible upstream.
 //!
-//! Uses the Python named by `SWITCHYARD_TEST_PYTHON` if set (it must have the `openai`
-//! package); otherwise `python3` with the pinned SDK from tests/sdk/requirements.txt,
-//! which the first run installs with pip into the target directory.
+//! (The Anthropic and Gemini routes are checked the same way in `tests/providers.rs`; the
+//! runner and its Python are in `tests/common/sdk.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
-
 use common::upstream::{self, Behavior, Upstream};
 use common::{TestGateway, config_for};
-
-/// The Python to run and the directory to add to its path (installed once per process).
-fn python() -> &'static (String, Option<PathBuf>) {
-    static PYTHON: OnceLock<(String, Option<PathBuf>)> = OnceLock::new();
-    PYTHON.get_or_init(find_or_install)
-}
-
-fn find_or_install() -> (String, Option<PathBuf>) {
-    if let Ok(python) = std::env::var("SWITCHYARD_TEST_PYTHON") {
-        return (python, None);
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("openai-sdk");
-    if !dir.join(".complete").exists() {
-        // Install beside, then rename into place: parallel test processes never see a
-        // half-installed SDK, and the loser of a race just uses the winner's copy.
-        let staging = dir.with_extension(format!("staging-{}", std::process::id()));
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&staging)
-            .args(["-r", "tests/sdk/requirements.txt"])
-            .status()
-            .expect("python3 with pip is installed");
-        assert!(
-            status.success(),
-            "pip could not install tests/sdk/requirements.txt"
-        );
-        std::fs::write(staging.join(".complete"), "").unwrap();
-        if std::fs::rename(&staging, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-    }
-    ("python3".to_owned(), Some(dir))
-}
-
-async fn run_sdk(gateway: &TestGateway, chat_model: &str, embedding_model: &str) {
-    let base_url = format!("{}/v1", gateway.url);
-    let (chat_model, embedding_model) = (chat_model.to_owned(), embedding_model.to_owned());
-    let output = tokio::task::spawn_blocking(move || {
-        let (python, path) = python();
-        let mut command = Command::new(python);
-        if let Some(path) = path {
-            command.env("PYTHONPATH", path);
-        }
-        command
-            .arg("tests/sdk/openai_sdk_check.py")
-            .args([&base_url, &chat_model, &embedding_model])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK check failed:\n{stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok"));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_works_unchanged_against_the_mock() {
     let gateway = TestGateway::start(&config_for("http://127.0.0.1:9/v1")).await;
-    run_sdk(&gateway, "mock", "mock").await;
+    common::sdk::openai_sdk_check(&gateway, "mock", "mock").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,5 +38,5 @@ async fn the_openai_sdk_works_unchanged_through_an_openai_upstream() {
     })
     .await;
     let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
-    run_sdk(&gateway, "gpt-test", "embed-test").await;
+    common::sdk::openai_sdk_check(&gateway, "gpt-test", "embed-test").await;
 }

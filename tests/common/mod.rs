@@ -6,6 +6,8 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod native;
+pub mod sdk;
 pub mod upstream;
 
 use std::cell::RefCell;
