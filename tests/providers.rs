@@ -98,3 +98,43 @@ async fn one_public_model_can_be_served_by_different_providers() {
     // Weighted 1:1, 40 requests: both answer (the chance of one never being picked is 2^-39).
     assert_eq!(served.len(), 2, "{served:?}");
 }
+
+#[tokio::test]
+async fn parameters_a_provider_cannot_express_are_rejected_or_dropped_by_policy() {
+    let anthropic = native::anthropic(Gate::default()).await;
+    let config = format!(
+        "providers:\n  strict: {{kind: anthropic, base_url: \"{anthropic}\", api_key: k}}\n  lenient: {{kind: anthropic, base_url: \"{anthropic}\", api_key: k, unsupported_params: drop}}\nmodels:\n  strict: {{targets: [{{provider: strict}}]}}\n  lenient: {{targets: [{{provider: lenient}}]}}\n"
+    );
+    let gateway = TestGateway::start(&config).await;
+    let ask = |model: &str, extra: Value| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let response = gateway
+        .chat(&ask("strict", json!({"logit_bias": {"50256": -100}})))
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "logit_bias");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("'strict' (anthropic)"), "{message}");
+
+    let response = gateway
+        .chat(&ask(
+            "lenient",
+            json!({"logit_bias": {"50256": -100}, "seed": 7}),
+        ))
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // Out of Anthropic's range: never silently clamped.
+    let response = gateway
+        .chat(&ask("lenient", json!({"temperature": 1.5})))
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "temperature");
+}
