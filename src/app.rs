@@ -10,7 +10,7 @@
 //!                                  reply (JSON or SSE relay) or error written
 //!
 //!         ──► pipeline (tower, this file's `pipeline`), over typed requests
-//!             [planned] auth            virtual keys → tenant            (issue: keys & limits)
+//!             auth                      virtual key → caller, model allowed?  (ctx.key)
 //!             [planned] limits          requests, tokens, cost; reserve, then settle
 //!             [planned] experiments     A/B and canary: model, provider, prompt version
 //!             [planned] prompt          versioned templates from prompts/
@@ -41,6 +41,7 @@ use crate::headers::REQUEST_ID;
 use crate::http::{handlers, hygiene, request_id::MakeId};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::pipeline::auth::AuthLayer;
 use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::route::RouteLayer;
 use crate::reload::ConfigStore;
@@ -67,7 +68,10 @@ impl App {
 /// The pipeline, outermost layer first. Layers are built once; what they do per request
 /// comes from the request's config snapshot, so a reload never rebuilds this stack.
 pub fn pipeline() -> Pipeline {
-    let stack = ServiceBuilder::new().layer(RouteLayer).service(Dispatch);
+    let stack = ServiceBuilder::new()
+        .layer(AuthLayer)
+        .layer(RouteLayer)
+        .service(Dispatch);
     BoxCloneSyncService::new(stack)
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
+use crate::auth::Key;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::snapshot::{ModelRoute, Snapshot};
@@ -26,6 +27,8 @@ pub struct RequestContext {
     pub snapshot: Arc<Snapshot>,
     /// The client's request headers, hop-by-hop headers removed.
     pub headers: HeaderMap,
+    /// The calling key (and through it, its team), set by the auth layer.
+    pub key: Option<Arc<Key>>,
     /// The public model and its targets, set by the route layer.
     pub route: Option<Arc<ModelRoute>>,
 }
@@ -76,6 +79,8 @@ pub struct RequestRecord {
 
 #[derive(Default)]
 struct RecordState {
+    key: Option<Arc<str>>,
+    team: Option<Arc<str>>,
     model: Option<Arc<str>>,
     provider: Option<Arc<str>>,
     upstream_model: Option<Arc<str>>,
@@ -107,6 +112,13 @@ impl RequestRecord {
 
     pub fn set_stream(&self, stream: bool) {
         self.state().stream = stream;
+    }
+
+    /// The calling key's name and team (never the key itself).
+    pub fn set_caller(&self, key: &Key) {
+        let mut state = self.state();
+        state.key = Some(key.name.clone());
+        state.team = key.team.as_ref().map(|t| t.name.clone());
     }
 
     pub fn set_model(&self, model: Arc<str>) {
@@ -201,6 +213,8 @@ fn log_access(
         request_id,
         endpoint = endpoint.as_str(),
         status,
+        key = state.key.as_deref(),
+        team = state.team.as_deref(),
         model = state.model.as_deref(),
         provider = state.provider.as_deref(),
         upstream_model = state.upstream_model.as_deref(),

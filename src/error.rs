@@ -40,6 +40,15 @@ pub enum GatewayError {
     #[error("the model '{model}' does not exist or you do not have access to it")]
     ModelNotFound { model: String },
 
+    // ---- who is calling, and what they may use
+    #[error("you didn't provide an API key: send it as 'Authorization: Bearer sk-sy-...'")]
+    MissingKey,
+    /// Unknown, revoked, disabled or expired: the client is not told which.
+    #[error("incorrect API key provided, or the key has been revoked")]
+    InvalidKey,
+    #[error("this key is not allowed to use the model '{model}'")]
+    ModelNotAllowed { model: String },
+
     // ---- the gateway cannot serve this model right now (configuration)
     #[error("the model '{model}' has no usable provider: {reason}")]
     NoUsableTarget { model: String, reason: String },
@@ -91,6 +100,8 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoUsableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(upstream) => upstream.status,
@@ -115,6 +126,9 @@ impl GatewayError {
             Self::UnknownRoute { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
+            Self::MissingKey => "missing_key",
+            Self::InvalidKey => "invalid_key",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::NoUsableTarget { .. } => "no_usable_target",
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -173,6 +187,9 @@ impl GatewayError {
             Self::UnknownRoute { .. } => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::MissingKey => Some("missing_api_key"),
+            Self::InvalidKey => Some("invalid_api_key"),
+            Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
@@ -186,7 +203,9 @@ impl GatewayError {
         match self {
             Self::MissingField { field } => Some(field),
             Self::InvalidParam { param, .. } => Some(param),
-            Self::ModelNotFound { .. } | Self::NoUsableTarget { .. } => Some("model"),
+            Self::ModelNotFound { .. }
+            | Self::NoUsableTarget { .. }
+            | Self::ModelNotAllowed { .. } => Some("model"),
             Self::Upstream(upstream) => upstream.param.as_deref(),
             _ => None,
         }

@@ -74,6 +74,12 @@ impl Gateway {
             move || grace_store.current().server.shutdown_grace,
         ));
         tracing::info!(%addr, config = %store.source(), "switchyard listening");
+        if snapshot.keys.has_dev_key() {
+            tracing::warn!(
+                "the development key {} is active: anyone who can reach the gateway can use it; replace it before exposing the gateway",
+                crate::auth::DEV_KEY
+            );
+        }
         Ok(Self {
             addr,
             store,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use switchyard::auth;
 use switchyard::config::{self, ConfigSource};
 use switchyard::gateway::shutdown_signal;
 use switchyard::shared::Shared;
@@ -36,6 +37,13 @@ enum Command {
     },
     /// Validate the config, print a summary, exit non-zero listing every error found
     CheckConfig,
+    /// Print the SHA-256 of a virtual key, as `auth.keys.<name>.sha256` wants it
+    HashKey {
+        /// The key (sk-sy-...)
+        key: String,
+    },
+    /// Make a new random virtual key and print it with its SHA-256
+    NewKey,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +52,23 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { listen: None }) {
         Command::Serve { listen } => serve(source, listen),
         Command::CheckConfig => check_config(&source),
+        Command::HashKey { key } => {
+            println!("{}", auth::hex(&auth::hash_key(&key)));
+            ExitCode::SUCCESS
+        }
+        Command::NewKey => match auth::new_key() {
+            Ok(key) => {
+                println!(
+                    "key:    {key}\nsha256: {}",
+                    auth::hex(&auth::hash_key(&key))
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("switchyard: no randomness from the OS: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
+use crate::auth::KeyTable;
 use crate::config::schema::{ProviderConfig, ProviderKind, ProviderTimeouts, ServerConfig};
 use crate::config::{ConfigError, RawConfig};
 use crate::providers::{self, Provider};
@@ -16,6 +17,8 @@ pub struct Snapshot {
     pub server: ServerConfig,
     pub providers: IndexMap<Arc<str>, Arc<ProviderEntry>>,
     pub models: IndexMap<Arc<str>, Arc<ModelRoute>>,
+    /// The virtual keys the config defines.
+    pub keys: KeyTable,
 }
 
 pub struct ProviderEntry {
@@ -109,6 +112,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Self {
+            keys: KeyTable::build(&raw.auth),
             server: raw.server,
             providers,
             models,

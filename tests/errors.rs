@@ -40,6 +40,7 @@ fn hello(model: &str) -> Value {
 async fn raw_post(gateway: &TestGateway, body: &'static str) -> reqwest::Response {
     common::client()
         .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(common::TEST_KEY)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -118,6 +119,7 @@ async fn bodies_over_the_limit_are_a_413_declared_or_chunked() {
     );
     let response = common::client()
         .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(common::TEST_KEY)
         .body(big.clone())
         .send()
         .await
@@ -132,6 +134,7 @@ async fn bodies_over_the_limit_are_a_413_declared_or_chunked() {
         .collect();
     let response = common::client()
         .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(common::TEST_KEY)
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             pieces,
         )))

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, config_for};
+use common::{TEST_KEY, TestGateway, config_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,7 +34,7 @@ async fn exchange(gateway: &TestGateway, request: &[u8]) -> String {
 fn post(body: &str, extra_headers: &str, close: bool) -> String {
     let connection = if close { "Connection: close\r\n" } else { "" };
     format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{extra_headers}{connection}Content-Length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nContent-Type: application/json\r\n{extra_headers}{connection}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
@@ -79,7 +79,7 @@ async fn transfer_encoding_with_content_length_is_rejected() {
 async fn well_framed_pipelined_and_chunked_requests_are_served() {
     let gateway = gateway().await;
     let chunked = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
         &CHAT[..5],
         CHAT.len() - 5,
         &CHAT[5..]
@@ -145,6 +145,7 @@ async fn http2_prior_knowledge_is_served() {
         .unwrap();
     let response = client
         .post(format!("{}/v1/chat/completions", gateway.url))
+        .bearer_auth(TEST_KEY)
         .header("content-type", "application/json")
         .body(CHAT)
         .send()

@@ -120,7 +120,7 @@ async fn model_ids(gateway: &TestGateway) -> Vec<String> {
     let body: Value = gateway.get("/v1/models").await.json().await.unwrap();
     body["data"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{body}"))
         .iter()
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect()
@@ -227,7 +227,10 @@ impl Drop for Process {
 async fn sighup_reloads_and_sigterm_drains_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.yaml");
-    let base = "server: {shutdown_grace: 10s}\nproviders:\n  mock: {kind: mock, mock: {chunk_interval: 20ms}}\nmodels:\n  mock:\n    targets: [{provider: mock}]\n";
+    let base = format!(
+        "server: {{shutdown_grace: 10s}}\nproviders:\n  mock: {{kind: mock, mock: {{chunk_interval: 20ms}}}}\nmodels:\n  mock:\n    targets: [{{provider: mock}}]\n{}",
+        common::auth_section("")
+    );
     std::fs::write(&config, base).unwrap();
     let mut process = Process::start(&config);
     let client = common::client();
@@ -247,6 +250,7 @@ async fn sighup_reloads_and_sigterm_drains_the_process() {
     let text = words(25);
     let response = client
         .post(format!("{}/v1/chat/completions", process.url))
+        .bearer_auth(common::TEST_KEY)
         .json(&ask("mock", &text, true))
         .send()
         .await

@@ -23,6 +23,55 @@ pub struct RawConfig {
     /// Public model names (what clients send as `model`) and where they are served.
     #[serde(default)]
     pub models: IndexMap<String, ModelConfig>,
+    /// Virtual keys and the teams they belong to.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Virtual keys by name, stored as the SHA-256 of the key (`switchyard hash-key`).
+    #[serde(default)]
+    pub keys: IndexMap<String, KeyConfig>,
+    /// Teams (tenants) by name.
+    #[serde(default)]
+    pub teams: IndexMap<String, TeamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Lower-case hex SHA-256 of the key: the key itself is never written down.
+    pub sha256: String,
+    /// The team this key belongs to.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Public models this key may use (default: all; the team's list applies too).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// RFC 3339 time after which the key is refused, such as 2027-01-01T00:00:00Z.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Free-form labels (owner, purpose); shown by the admin API, never used for decisions.
+    #[serde(default)]
+    pub metadata: IndexMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    /// Public models the team's keys may use (default: all).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub metadata: IndexMap<String, String>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,7 +18,50 @@ pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
     for (name, model) in &config.models {
         validate_model(&format!("models.{name}"), name, model, config, &mut errors);
     }
+    validate_auth(config, &mut errors);
     errors.0
+}
+
+fn validate_auth(config: &RawConfig, errors: &mut Errors) {
+    let known_models = |path: String, models: &Option<Vec<String>>, errors: &mut Errors| {
+        for (i, model) in models.iter().flatten().enumerate() {
+            if model != "*" && !config.models.contains_key(model) {
+                errors.push(format!("{path}[{i}]"), format!("unknown model {model:?}"));
+            }
+        }
+    };
+    for (name, team) in &config.auth.teams {
+        validate_name(&format!("auth.teams.{name}"), name, errors);
+        known_models(format!("auth.teams.{name}.models"), &team.models, errors);
+    }
+    let mut hashes = std::collections::HashSet::new();
+    for (name, key) in &config.auth.keys {
+        let path = format!("auth.keys.{name}");
+        validate_name(&path, name, errors);
+        let hex = key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex {
+            errors.push(
+                format!("{path}.sha256"),
+                "expected 64 hex digits (switchyard hash-key prints them)",
+            );
+        } else if !hashes.insert(key.sha256.to_ascii_lowercase()) {
+            errors.push(format!("{path}.sha256"), "another key has the same hash");
+        }
+        if let Some(team) = &key.team
+            && !config.auth.teams.contains_key(team)
+        {
+            errors.push(format!("{path}.team"), format!("unknown team {team:?}"));
+        }
+        known_models(format!("{path}.models"), &key.models, errors);
+        if let Some(at) = &key.expires_at
+            && humantime::parse_rfc3339_weak(at).is_err()
+        {
+            errors.push(
+                format!("{path}.expires_at"),
+                format!("expected an RFC 3339 time such as 2027-01-01T00:00:00Z, got {at:?}"),
+            );
+        }
+    }
 }
 
 #[derive(Default)]

@@ -69,6 +69,7 @@ async fn run(
         record: record.clone(),
         snapshot,
         headers: parts.headers,
+        key: None,
         route: None,
     };
     let reply = app
@@ -116,12 +117,17 @@ fn request_id(request: &Request) -> Arc<str> {
     Arc::from(text.as_deref().unwrap_or("unknown"))
 }
 
-pub async fn list_models(State(app): State<App>) -> Response {
+/// The models the calling key may use and that can be served.
+pub async fn list_models(State(app): State<App>, request: Request) -> Response {
     let snapshot = app.store.current();
+    let key = match snapshot.keys.authenticate(request.headers()) {
+        Ok(key) => key,
+        Err(error) => return error.into_http(&request_id(&request)),
+    };
     let data = snapshot
         .models
         .values()
-        .filter(|m| m.unusable_reason().is_none())
+        .filter(|m| m.unusable_reason().is_none() && key.allows(&m.name))
         .map(|m| ModelObject::new(&m.name, owner(m)))
         .collect();
     let list = ModelList {

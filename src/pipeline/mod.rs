@@ -6,6 +6,7 @@
 //! Invariant: layers never import each other; they meet through `RequestContext`,
 //! `GatewayError` and the reply types.
 
+pub mod auth;
 pub mod balance;
 pub mod dispatch;
 pub mod route;

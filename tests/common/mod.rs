@@ -29,6 +29,15 @@ use tracing_subscriber::prelude::*;
 
 /// The key the upstream expects from the gateway; clients never send it.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
+/// The virtual key test clients send. `TestGateway` adds it to configs without an `auth`
+/// section.
+pub const TEST_KEY: &str = "sk-sy-test-key-0123456789abcdef";
+
+/// The `auth` section that accepts `TEST_KEY` (and, with `extra`, more keys).
+pub fn auth_section(extra: &str) -> String {
+    let hash = switchyard::auth::hex(&switchyard::auth::hash_key(TEST_KEY));
+    format!("auth:\n  keys:\n    test: {{sha256: {hash}}}\n{extra}")
+}
 
 /// A config with one OpenAI-compatible provider `up` at `base_url` serving the public
 /// model `gpt-test` as `upstream-model`, plus the built-in mock.
@@ -71,7 +80,7 @@ impl TestGateway {
         init_logging();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("switchyard.yaml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, with_test_key(config)).unwrap();
         let gateway = Gateway::start(GatewayOptions {
             config: ConfigSource::File(config_path.clone()),
             listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -90,7 +99,7 @@ impl TestGateway {
     pub fn replace_config(&self, text: &str) {
         let temp = self.config_path.with_extension("tmp");
         let mut file = std::fs::File::create(&temp).unwrap();
-        file.write_all(text.as_bytes()).unwrap();
+        file.write_all(with_test_key(text).as_bytes()).unwrap();
         file.sync_all().unwrap();
         std::fs::rename(&temp, &self.config_path).unwrap();
     }
@@ -98,7 +107,7 @@ impl TestGateway {
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         client()
             .post(format!("{}{path}", self.url))
-            .header("authorization", "Bearer sk-client-key-must-not-travel")
+            .bearer_auth(TEST_KEY)
             .json(body)
             .send()
             .await
@@ -112,9 +121,20 @@ impl TestGateway {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         client()
             .get(format!("{}{path}", self.url))
+            .bearer_auth(TEST_KEY)
             .send()
             .await
             .unwrap()
+    }
+}
+
+/// The config with the test key's `auth` section appended, unless it has its own.
+fn with_test_key(config: &str) -> String {
+    let has_auth = config.starts_with("auth:") || config.contains("\nauth:");
+    if has_auth {
+        config.to_owned()
+    } else {
+        format!("{config}\n{}", auth_section(""))
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn openai_sdk_check(gateway: &TestGateway, chat_model: &str, embedding
         }
         command
             .arg("tests/sdk/openai_sdk_check.py")
-            .args([&base_url, &chat_model, &embedding_model])
+            .args([&base_url, &chat_model, &embedding_model, super::TEST_KEY])
             .output()
     })
     .await

@@ -1,6 +1,6 @@
 """Drives a running Switchyard with the stock OpenAI Python SDK.
 
-Usage: python3 openai_sdk_check.py BASE_URL CHAT_MODEL EMBEDDING_MODEL
+Usage: python3 openai_sdk_check.py BASE_URL CHAT_MODEL EMBEDDING_MODEL API_KEY
 
 Exits non-zero (with the failing check) if anything the SDK sees is not what the
 OpenAI API would give it. Run by tests/openai_sdk.rs.
@@ -10,8 +10,8 @@ import sys
 
 import openai
 
-base_url, chat_model, embedding_model = sys.argv[1:4]
-client = openai.OpenAI(base_url=base_url, api_key="sk-sy-any", max_retries=0)
+base_url, chat_model, embedding_model, api_key = sys.argv[1:5]
+client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 question = "the quick brown fox"
 
 # chat.completions.create, not streamed
