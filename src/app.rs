@@ -11,12 +11,14 @@
 //!
 //!         ──► pipeline (tower, this file's `pipeline`), over typed requests
 //!             auth                      virtual key → caller, model allowed?  (ctx.key)
-//!             [planned] limits          requests, tokens, cost; reserve, then settle
 //!             [planned] experiments     A/B and canary: model, provider, prompt version
 //!             [planned] prompt          versioned templates from prompts/
 //!             [planned] redact          PII out on the way in, restored on the way back
 //!             [planned] cache           exact, per tenant
 //!             route                     public model → targets        (ctx.route)
+//!             limits                    requests, tokens, in flight, USD budgets of the
+//!                                       key and team: reserved here, settled with the
+//!                                       real usage when the request is over
 //!             [planned] resilience      retries, fallbacks, breakers, holds a stream
 //!                                       until its first content byte
 //!             dispatch                  one target: provider call, timeouts, usage
@@ -43,8 +45,10 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::pipeline::auth::AuthLayer;
 use crate::pipeline::dispatch::Dispatch;
+use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::route::RouteLayer;
 use crate::reload::ConfigStore;
+use crate::shared::Shared;
 
 /// What every handler needs, cheap to clone.
 #[derive(Clone)]
@@ -56,21 +60,22 @@ pub struct App {
 
 impl App {
     pub fn new(store: Arc<ConfigStore>) -> Self {
-        let metrics = store.shared().metrics.clone();
+        let shared = store.shared().clone();
         Self {
+            pipeline: pipeline(&shared),
+            metrics: shared.metrics.clone(),
             store,
-            pipeline: pipeline(),
-            metrics,
         }
     }
 }
 
 /// The pipeline, outermost layer first. Layers are built once; what they do per request
 /// comes from the request's config snapshot, so a reload never rebuilds this stack.
-pub fn pipeline() -> Pipeline {
+pub fn pipeline(shared: &Shared) -> Pipeline {
     let stack = ServiceBuilder::new()
         .layer(AuthLayer)
         .layer(RouteLayer)
+        .layer(LimitsLayer::new(shared.limiter.clone()))
         .service(Dispatch);
     BoxCloneSyncService::new(stack)
 }

@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::schema::AuthConfig;
+use crate::config::schema::{AuthConfig, BudgetConfig, LimitConfig};
 use crate::error::GatewayError;
 
 /// The development key the default config ships with (documented in the README).
@@ -56,6 +56,9 @@ pub struct Team {
     /// `None`: every model.
     pub models: Option<Vec<String>>,
     pub metadata: IndexMap<String, String>,
+    pub limits: LimitConfig,
+    pub model_limits: IndexMap<String, LimitConfig>,
+    pub budget: BudgetConfig,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,9 @@ pub struct Key {
     pub enabled: bool,
     pub expires_at: Option<SystemTime>,
     pub metadata: IndexMap<String, String>,
+    pub limits: LimitConfig,
+    pub model_limits: IndexMap<String, LimitConfig>,
+    pub budget: BudgetConfig,
 }
 
 impl Key {
@@ -97,6 +103,9 @@ impl KeyTable {
                     name: Arc::from(name.as_str()),
                     models: team.models.clone(),
                     metadata: team.metadata.clone(),
+                    limits: team.limits,
+                    model_limits: team.model_limits.clone(),
+                    budget: team.budget,
                 };
                 (name.as_str(), Arc::new(team))
             })
@@ -118,6 +127,9 @@ impl KeyTable {
                     enabled: key.enabled,
                     expires_at,
                     metadata: key.metadata.clone(),
+                    limits: key.limits,
+                    model_limits: key.model_limits.clone(),
+                    budget: key.budget,
                 };
                 Some((hash, Arc::new(key)))
             })
@@ -182,6 +194,9 @@ mod tests {
             enabled,
             expires_at: None,
             metadata: IndexMap::new(),
+            limits: LimitConfig::default(),
+            model_limits: IndexMap::new(),
+            budget: BudgetConfig::default(),
         };
         let mut add = |name: &str, secret: &str, mut k: KeyConfig| {
             k.sha256 = hex(&hash_key(secret));

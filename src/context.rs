@@ -14,7 +14,9 @@ use http::HeaderMap;
 
 use crate::auth::Key;
 use crate::error::GatewayError;
+use crate::limits::{LimitStatus, Used};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::pricing::{Cost, Price};
 use crate::snapshot::{ModelRoute, Snapshot};
 use crate::usage::Usage;
 
@@ -69,12 +71,17 @@ pub enum Mark {
     End,
 }
 
+/// Gives a request's limit reservations back with what it really used; runs once, when
+/// the request is over.
+pub type Settlement = Box<dyn FnOnce(Used) + Send>;
+
 pub struct RequestRecord {
     pub request_id: Arc<str>,
     pub endpoint: Endpoint,
     received: Instant,
     metrics: Arc<Metrics>,
     state: Mutex<RecordState>,
+    settlement: Mutex<Option<Settlement>>,
 }
 
 #[derive(Default)]
@@ -87,6 +94,9 @@ struct RecordState {
     stream: bool,
     timings: Timings,
     usage: Option<Usage>,
+    /// The price of the target that served the request.
+    price: Option<Price>,
+    limit_status: Option<LimitStatus>,
     status: Option<u16>,
     error: Option<&'static str>,
     /// The client received the whole answer (or the whole error).
@@ -101,6 +111,7 @@ impl RequestRecord {
             received: Instant::now(),
             metrics,
             state: Mutex::default(),
+            settlement: Mutex::default(),
         }
     }
 
@@ -148,6 +159,24 @@ impl RequestRecord {
         self.state().usage = Some(usage);
     }
 
+    pub fn set_price(&self, price: Option<Price>) {
+        self.state().price = price;
+    }
+
+    /// The limits the request was admitted under, for the `x-ratelimit-*` headers.
+    pub fn set_limit_status(&self, status: LimitStatus) {
+        self.state().limit_status = Some(status);
+    }
+
+    pub fn limit_status(&self) -> Option<LimitStatus> {
+        self.state().limit_status
+    }
+
+    /// Runs `settlement` with the request's real usage and cost when it is over.
+    pub fn on_settle(&self, settlement: Settlement) {
+        *self.settlement.lock().unwrap_or_else(|p| p.into_inner()) = Some(settlement);
+    }
+
     /// The response head went out with this status. A complete (non-streamed) body counts
     /// as delivered at once; a stream is delivered when it ends.
     pub fn respond(&self, status: u16, streaming: bool) {
@@ -181,6 +210,22 @@ impl Drop for RequestRecord {
             Some(status) if state.delivered => status,
             _ => CLIENT_CLOSED_REQUEST,
         };
+        let cost = state
+            .price
+            .zip(state.usage)
+            .map(|(price, usage)| price.cost(&usage));
+        let settlement = self
+            .settlement
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(settle) = settlement {
+            // A failed request used nothing: everything it reserved comes back.
+            settle(Used {
+                tokens: state.usage.map_or(0, |u| u.total_tokens),
+                cost_usd: cost.map_or(0.0, |c| c.usd),
+            });
+        }
         let model = state.model.clone().unwrap_or_else(|| Arc::from("unknown"));
         self.metrics
             .requests
@@ -190,7 +235,7 @@ impl Drop for RequestRecord {
                 status,
             })
             .inc();
-        log_access(&self.request_id, self.endpoint, status, total, state);
+        log_access(&self.request_id, self.endpoint, status, total, cost, state);
     }
 }
 
@@ -205,6 +250,7 @@ fn log_access(
     endpoint: Endpoint,
     status: u16,
     total: Duration,
+    cost: Option<Cost>,
     state: &RecordState,
 ) {
     let usage = state.usage.as_ref();
@@ -222,6 +268,7 @@ fn log_access(
         prompt_tokens = usage.map(|u| u.prompt_tokens),
         completion_tokens = usage.map(|u| u.completion_tokens),
         usage_source = usage.map(|u| u.source.as_str()),
+        cost_usd = cost.map(|c| c.usd),
         upstream_start_us = micros(state.timings.upstream_start),
         first_byte_us = micros(state.timings.first_byte),
         first_content_us = micros(state.timings.first_content),

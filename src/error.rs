@@ -48,6 +48,15 @@ pub enum GatewayError {
     InvalidKey,
     #[error("this key is not allowed to use the model '{model}'")]
     ModelNotAllowed { model: String },
+    /// A rate limit refused the request; retrying after `retry_after` can succeed.
+    #[error("rate limit reached: {limit}")]
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
+    /// A budget is spent: retrying does not help before its period ends.
+    #[error("budget exhausted: {budget}")]
+    OverBudget { budget: String },
 
     // ---- the gateway cannot serve this model right now (configuration)
     #[error("the model '{model}' has no usable provider: {reason}")]
@@ -102,6 +111,7 @@ impl GatewayError {
             Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoUsableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(upstream) => upstream.status,
@@ -129,6 +139,8 @@ impl GatewayError {
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::OverBudget { .. } => "over_budget",
             Self::NoUsableTarget { .. } => "no_usable_target",
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -147,6 +159,7 @@ impl GatewayError {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
             }
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
+            Self::RateLimited { .. } => true,
             _ => false,
         }
     }
@@ -154,6 +167,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Upstream(upstream) => upstream.retry_after,
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -164,6 +178,7 @@ impl GatewayError {
             Self::Upstream(upstream) if upstream.kind.is_some() => {
                 upstream.kind.as_deref().unwrap_or_default()
             }
+            Self::OverBudget { .. } => "insufficient_quota",
             _ => match self.status().as_u16() {
                 401 => "authentication_error",
                 403 => "permission_error",
@@ -190,6 +205,8 @@ impl GatewayError {
             Self::MissingKey => Some("missing_api_key"),
             Self::InvalidKey => Some("invalid_api_key"),
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::OverBudget { .. } => Some("insufficient_quota"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),

@@ -1,9 +1,10 @@
 //! State that outlives config reloads: built once at start, handed to every snapshot
-//! build. Connection pools live here now; rate-limit buckets, breaker state and Redis
-//! pools join them as their layers arrive, each in a registry keyed by name.
+//! build: connection pools, rate-limit and budget state; breaker state joins them with the
+//! resilience layer.
 
 use std::sync::Arc;
 
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
 
@@ -11,4 +12,5 @@ use crate::providers::http_client::HttpClients;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub http: HttpClients,
+    pub limiter: Arc<Limiter>,
 }

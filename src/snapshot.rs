@@ -8,8 +8,11 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
-use crate::config::schema::{ProviderConfig, ProviderKind, ProviderTimeouts, ServerConfig};
+use crate::config::schema::{
+    LimitsSettings, ProviderConfig, ProviderKind, ProviderTimeouts, ServerConfig,
+};
 use crate::config::{ConfigError, RawConfig};
+use crate::pricing::PriceTable;
 use crate::providers::{self, Provider};
 use crate::shared::Shared;
 
@@ -19,6 +22,8 @@ pub struct Snapshot {
     pub models: IndexMap<Arc<str>, Arc<ModelRoute>>,
     /// The virtual keys the config defines.
     pub keys: KeyTable,
+    pub prices: PriceTable,
+    pub limits: LimitsSettings,
 }
 
 pub struct ProviderEntry {
@@ -111,8 +116,17 @@ impl Snapshot {
                 (name.clone(), Arc::new(ModelRoute { name, targets }))
             })
             .collect();
+        let prices = PriceTable::build(&raw.pricing.models).map_err(|message| {
+            vec![ConfigError {
+                path: "pricing".into(),
+                location: None,
+                message,
+            }]
+        })?;
         Ok(Self {
             keys: KeyTable::build(&raw.auth),
+            prices,
+            limits: raw.limits,
             server: raw.server,
             providers,
             models,

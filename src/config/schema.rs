@@ -26,6 +26,78 @@ pub struct RawConfig {
     /// Virtual keys and the teams they belong to.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Prices on top of the shipped list (config/pricing.yaml).
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    /// How rate limits and budgets are kept.
+    #[serde(default)]
+    pub limits: LimitsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Completion tokens reserved for a request that sets no max_tokens. [restart]
+    pub default_completion_tokens: u64,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            default_completion_tokens: 1024,
+        }
+    }
+}
+
+/// Rate limits of a key, a team, or a key or team on one model.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Requests per minute (GCRA: a burst of up to this many, then one every 60/rpm s).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute, prompt and completion, reserved before the call and settled
+    /// with the real usage after it.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once (a stream counts until it ends).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+/// Spending limits in USD, reserved before the call at the request's most expensive
+/// outcome and settled with its real cost.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Per UTC day.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// Per UTC calendar month.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+    /// Over the key's or team's whole life.
+    #[serde(default)]
+    pub total_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Upstream model name → USD per million tokens.
+    #[serde(default)]
+    pub models: IndexMap<String, PriceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    pub input: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -58,6 +130,13 @@ pub struct KeyConfig {
     /// Free-form labels (owner, purpose); shown by the admin API, never used for decisions.
     #[serde(default)]
     pub metadata: IndexMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitConfig,
+    /// Limits that apply only to requests for one public model.
+    #[serde(default)]
+    pub model_limits: IndexMap<String, LimitConfig>,
+    #[serde(default)]
+    pub budget: BudgetConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +147,13 @@ pub struct TeamConfig {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub metadata: IndexMap<String, String>,
+    /// Shared by all the team's keys.
+    #[serde(default)]
+    pub limits: LimitConfig,
+    #[serde(default)]
+    pub model_limits: IndexMap<String, LimitConfig>,
+    #[serde(default)]
+    pub budget: BudgetConfig,
 }
 
 fn enabled() -> bool {

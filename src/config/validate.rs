@@ -6,7 +6,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use super::ConfigError;
-use super::schema::{MockFault, ModelConfig, ProviderConfig, ProviderKind, RawConfig};
+use super::schema::{
+    BudgetConfig, LimitConfig, MockFault, ModelConfig, ProviderConfig, ProviderKind, RawConfig,
+};
 use crate::headers::HOP_BY_HOP;
 
 pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
@@ -31,8 +33,17 @@ fn validate_auth(config: &RawConfig, errors: &mut Errors) {
         }
     };
     for (name, team) in &config.auth.teams {
-        validate_name(&format!("auth.teams.{name}"), name, errors);
-        known_models(format!("auth.teams.{name}.models"), &team.models, errors);
+        let path = format!("auth.teams.{name}");
+        validate_name(&path, name, errors);
+        known_models(format!("{path}.models"), &team.models, errors);
+        validate_limits(
+            &path,
+            &team.limits,
+            &team.model_limits,
+            &team.budget,
+            config,
+            errors,
+        );
     }
     let mut hashes = std::collections::HashSet::new();
     for (name, key) in &config.auth.keys {
@@ -53,6 +64,14 @@ fn validate_auth(config: &RawConfig, errors: &mut Errors) {
             errors.push(format!("{path}.team"), format!("unknown team {team:?}"));
         }
         known_models(format!("{path}.models"), &key.models, errors);
+        validate_limits(
+            &path,
+            &key.limits,
+            &key.model_limits,
+            &key.budget,
+            config,
+            errors,
+        );
         if let Some(at) = &key.expires_at
             && humantime::parse_rfc3339_weak(at).is_err()
         {
@@ -90,6 +109,52 @@ fn validate_server(config: &RawConfig, errors: &mut Errors) {
     }
     errors.positive("server.header_read_timeout", server.header_read_timeout);
     errors.positive("server.body_idle_timeout", server.body_idle_timeout);
+}
+
+fn validate_limits(
+    path: &str,
+    limits: &LimitConfig,
+    model_limits: &indexmap::IndexMap<String, LimitConfig>,
+    budget: &BudgetConfig,
+    config: &RawConfig,
+    errors: &mut Errors,
+) {
+    let check = |path: &str, limits: &LimitConfig, errors: &mut Errors| {
+        let zero = [
+            ("rpm", limits.rpm == Some(0)),
+            ("tpm", limits.tpm == Some(0)),
+            ("max_concurrent", limits.max_concurrent == Some(0)),
+        ];
+        for (key, is_zero) in zero {
+            if is_zero {
+                errors.push(
+                    format!("{path}.{key}"),
+                    "expected a number above zero (omit it for no limit)",
+                );
+            }
+        }
+    };
+    check(&format!("{path}.limits"), limits, errors);
+    for (model, limits) in model_limits {
+        let model_path = format!("{path}.model_limits.{model}");
+        if !config.models.contains_key(model) {
+            errors.push(&model_path, format!("unknown model {model:?}"));
+        }
+        check(&model_path, limits, errors);
+    }
+    let budgets = [
+        ("daily_usd", budget.daily_usd),
+        ("monthly_usd", budget.monthly_usd),
+        ("total_usd", budget.total_usd),
+    ];
+    for (key, value) in budgets {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            errors.push(
+                format!("{path}.budget.{key}"),
+                "expected an amount of zero or more",
+            );
+        }
+    }
 }
 
 fn validate_name(path: &str, name: &str, errors: &mut Errors) {

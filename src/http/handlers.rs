@@ -18,6 +18,7 @@ use crate::api::models::{ModelList, ModelObject};
 use crate::app::App;
 use crate::context::{Endpoint, RequestContext, RequestRecord};
 use crate::error::GatewayError;
+use crate::limits::{LimitStatus, format_reset};
 use crate::pipeline::{Call, GatewayRequest};
 use crate::snapshot::ModelRoute;
 use crate::stream::Reply;
@@ -39,11 +40,34 @@ async fn serve(app: App, request: Request, endpoint: Endpoint, parse: Parser) ->
         endpoint,
         app.metrics.clone(),
     ));
-    match run(&app, request, &record, parse).await {
+    let mut response = match run(&app, request, &record, parse).await {
         Ok(response) => response,
         Err(error) => {
             record.fail(&error);
             error.into_http(&request_id)
+        }
+    };
+    if let Some(status) = record.limit_status() {
+        rate_limit_headers(response.headers_mut(), &status);
+    }
+    response
+}
+
+/// OpenAI's `x-ratelimit-*` headers, for the tightest request and token limits.
+fn rate_limit_headers(headers: &mut http::HeaderMap, status: &LimitStatus) {
+    let windows = [("requests", status.requests), ("tokens", status.tokens)];
+    for (kind, window) in windows {
+        let Some(window) = window else { continue };
+        let values = [
+            ("limit", window.limit.to_string()),
+            ("remaining", window.remaining.to_string()),
+            ("reset", format_reset(window.reset)),
+        ];
+        for (field, value) in values {
+            let name = http::HeaderName::try_from(format!("x-ratelimit-{field}-{kind}"));
+            if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
+                headers.insert(name, value);
+            }
         }
     }
 }

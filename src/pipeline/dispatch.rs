@@ -49,6 +49,7 @@ async fn dispatch(request: GatewayRequest) -> Result<Reply, GatewayError> {
     })?;
     let record = &ctx.record;
     record.set_target(target.provider.name.clone(), target.upstream_model.clone());
+    record.set_price(ctx.snapshot.prices.price(&target.upstream_model));
     record.mark(Mark::UpstreamStart);
     let reply = attempt(target, &call, &record.request_id)
         .await

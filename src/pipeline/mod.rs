@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod balance;
 pub mod dispatch;
+pub mod limits;
 pub mod route;
 
 use std::sync::Arc;

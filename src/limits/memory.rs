@@ -1,0 +1,397 @@
+//! The per-process limit store: GCRA from governor for requests per minute, a token bucket
+//! with refunds for tokens per minute, counters for requests in flight and for spend.
+//! Entries nobody used for a while are evicted (moka), so keys that stop calling cost no
+//! memory. Spend kept here is per process and lost at restart; the Redis backend shares and
+//! keeps it.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use moka::sync::Cache;
+
+use super::{Check, LimitStatus, Plan, Rejection, Used, Window};
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Rate-limit state idle this long is forgotten.
+const IDLE: Duration = Duration::from_secs(15 * 60);
+/// Spend is kept at least as long as the longest period it counts.
+const SPEND_IDLE: Duration = Duration::from_secs(40 * 24 * 3600);
+
+pub struct MemoryLimits {
+    // Keyed by the limit's value too: a reload that changes a limit starts afresh.
+    gcra: Cache<(Arc<str>, u32), Arc<Gcra>>,
+    buckets: Cache<(Arc<str>, u64), Arc<Mutex<Bucket>>>,
+    in_flight: Cache<Arc<str>, Arc<AtomicU32>>,
+    spend: Cache<(Arc<str>, String), Arc<Mutex<Spend>>>,
+}
+
+/// What an admitted request holds until it settles.
+pub enum Held {
+    Tokens {
+        bucket: Arc<Mutex<Bucket>>,
+        amount: u64,
+    },
+    Slot(Arc<AtomicU32>),
+    Budget {
+        spend: Arc<Mutex<Spend>>,
+        amount: f64,
+    },
+}
+
+impl MemoryLimits {
+    pub fn new() -> Self {
+        Self {
+            gcra: Cache::builder().time_to_idle(IDLE).build(),
+            buckets: Cache::builder().time_to_idle(IDLE).build(),
+            in_flight: Cache::builder().time_to_idle(IDLE).build(),
+            spend: Cache::builder().time_to_idle(SPEND_IDLE).build(),
+        }
+    }
+
+    /// Reserves every check of `plan`, or gives back what it took and refuses. Requests
+    /// per minute are checked last: a GCRA admission cannot be taken back.
+    pub fn reserve(&self, plan: &Plan, now: SystemTime) -> Result<super::Admission, Rejection> {
+        let mut held = Vec::new();
+        let mut status = LimitStatus::default();
+        for check in &plan.checks {
+            if let Err(rejection) = self.hold(check, now, &mut held, &mut status) {
+                settle(held, Used::default());
+                return Err(rejection);
+            }
+        }
+        for check in &plan.checks {
+            if let Check::Requests { scope, per_minute } = check
+                && let Err(rejection) = self.admit_request(scope, *per_minute, &mut status)
+            {
+                settle(held, Used::default());
+                return Err(rejection);
+            }
+        }
+        Ok(super::Admission { status, held })
+    }
+
+    fn hold(
+        &self,
+        check: &Check,
+        now: SystemTime,
+        held: &mut Vec<Held>,
+        status: &mut LimitStatus,
+    ) -> Result<(), Rejection> {
+        match check {
+            Check::Requests { .. } => {}
+            Check::Tokens {
+                scope,
+                per_minute,
+                amount,
+            } => {
+                let bucket = self.buckets.get_with((scope.clone(), *per_minute), || {
+                    Arc::new(Mutex::new(Bucket::new(*per_minute)))
+                });
+                let window = lock(&bucket).reserve(*amount).map_err(|retry_after| Rejection::RateLimited {
+                    limit: format!("{per_minute} tokens per minute for {scope} (this request needs {amount})"),
+                    retry_after,
+                })?;
+                LimitStatus::tighten(&mut status.tokens, window);
+                held.push(Held::Tokens {
+                    bucket,
+                    amount: *amount,
+                });
+            }
+            Check::Concurrency { scope, max } => {
+                let count = self.in_flight.get_with(scope.clone(), Arc::default);
+                if count.fetch_add(1, Ordering::AcqRel) >= *max {
+                    count.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Rejection::RateLimited {
+                        limit: format!("{max} requests in flight for {scope}"),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                held.push(Held::Slot(count));
+            }
+            Check::Budget {
+                scope,
+                period,
+                limit_usd,
+                amount_usd,
+            } => {
+                let spend = self
+                    .spend
+                    .get_with((scope.clone(), period.id(now)), Arc::default);
+                {
+                    let mut spend = lock(&spend);
+                    if spend.spent + spend.reserved + amount_usd > *limit_usd {
+                        return Err(Rejection::OverBudget {
+                            budget: format!(
+                                "the {} budget of ${limit_usd} for {scope}",
+                                period.name()
+                            ),
+                        });
+                    }
+                    spend.reserved += amount_usd;
+                }
+                held.push(Held::Budget {
+                    spend,
+                    amount: *amount_usd,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn admit_request(
+        &self,
+        scope: &Arc<str>,
+        per_minute: u32,
+        status: &mut LimitStatus,
+    ) -> Result<(), Rejection> {
+        let limiter = self.gcra.get_with((scope.clone(), per_minute), || {
+            let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+            Arc::new(
+                RateLimiter::direct(Quota::per_minute(rate))
+                    .with_middleware::<StateInformationMiddleware>(),
+            )
+        });
+        match limiter.check() {
+            Ok(state) => {
+                let remaining = u64::from(state.remaining_burst_capacity());
+                let limit = u64::from(per_minute);
+                let reset =
+                    Duration::from_secs(60).mul_f64((limit - remaining) as f64 / limit as f64);
+                LimitStatus::tighten(
+                    &mut status.requests,
+                    Window {
+                        limit,
+                        remaining,
+                        reset,
+                    },
+                );
+                Ok(())
+            }
+            Err(not_until) => Err(Rejection::RateLimited {
+                limit: format!("{per_minute} requests per minute for {scope}"),
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Returns unused tokens (or charges the overrun), frees slots, books the real spend.
+/// Every bucket and budget of the plan is charged the request's whole usage.
+pub fn settle(held: Vec<Held>, used: Used) {
+    for item in held {
+        match item {
+            Held::Tokens { bucket, amount } => lock(&bucket).settle(amount, used.tokens),
+            Held::Slot(count) => {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+            Held::Budget { spend, amount } => {
+                let mut spend = lock(&spend);
+                spend.reserved = (spend.reserved - amount).max(0.0);
+                spend.spent += used.cost_usd;
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tokens per minute: a bucket of `capacity` refilled continuously, from which requests
+/// reserve their worst case and to which they return what they did not use.
+pub struct Bucket {
+    capacity: f64,
+    tokens: f64,
+    per_second: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u64) -> Self {
+        Self {
+            capacity: per_minute as f64,
+            tokens: per_minute as f64,
+            per_second: per_minute as f64 / 60.0,
+            updated: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        self.updated = now;
+    }
+
+    fn window(&self) -> Window {
+        let remaining = self.tokens.max(0.0);
+        Window {
+            limit: self.capacity as u64,
+            remaining: remaining as u64,
+            reset: Duration::from_secs_f64((self.capacity - remaining) / self.per_second),
+        }
+    }
+
+    /// Takes `amount`, or says how long until it could.
+    fn reserve(&mut self, amount: u64) -> Result<Window, Duration> {
+        self.refill();
+        let amount = amount as f64;
+        if amount > self.capacity {
+            // Never fits: retrying cannot help within a minute.
+            return Err(Duration::from_secs(60));
+        }
+        if self.tokens < amount {
+            return Err(Duration::from_secs_f64(
+                (amount - self.tokens) / self.per_second,
+            ));
+        }
+        self.tokens -= amount;
+        Ok(self.window())
+    }
+
+    /// The request reserved `reserved` and used `used`: give back the difference (or take
+    /// the overrun, which later requests then wait for).
+    fn settle(&mut self, reserved: u64, used: u64) {
+        self.refill();
+        self.tokens = (self.tokens + reserved as f64 - used as f64).min(self.capacity);
+    }
+}
+
+/// Spend in one budget period.
+#[derive(Default)]
+pub struct Spend {
+    pub spent: f64,
+    pub reserved: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Period;
+    use super::*;
+
+    fn scope(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn tokens_are_reserved_then_refunded() {
+        let limits = MemoryLimits::new();
+        let plan = Plan {
+            checks: vec![Check::Tokens {
+                scope: scope("key:a"),
+                per_minute: 1000,
+                amount: 600,
+            }],
+        };
+        let first = limits.reserve(&plan, SystemTime::now()).unwrap();
+        assert_eq!(first.status.tokens.unwrap().remaining, 400);
+        assert!(
+            limits.reserve(&plan, SystemTime::now()).is_err(),
+            "600 more do not fit"
+        );
+        // The first request used only 100 of its 600: 500 come back.
+        settle(
+            first.held,
+            Used {
+                tokens: 100,
+                cost_usd: 0.0,
+            },
+        );
+        assert!(limits.reserve(&plan, SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_keeps_nothing() {
+        let limits = MemoryLimits::new();
+        let slot = Check::Concurrency {
+            scope: scope("key:a"),
+            max: 1,
+        };
+        let budget = |amount| Check::Budget {
+            scope: scope("team:t"),
+            period: Period::Day,
+            limit_usd: 1.0,
+            amount_usd: amount,
+        };
+        let over = Plan {
+            checks: vec![slot.clone(), budget(2.0)],
+        };
+        assert!(matches!(
+            limits.reserve(&over, SystemTime::now()),
+            Err(Rejection::OverBudget { .. })
+        ));
+        // The slot taken before the budget refused was given back.
+        let fits = Plan {
+            checks: vec![slot.clone(), budget(0.5)],
+        };
+        let held = limits.reserve(&fits, SystemTime::now()).unwrap();
+        assert!(
+            limits
+                .reserve(&Plan { checks: vec![slot] }, SystemTime::now())
+                .is_err(),
+            "one in flight"
+        );
+        settle(
+            held.held,
+            Used {
+                tokens: 0,
+                cost_usd: 0.25,
+            },
+        );
+        // 0.25 spent: 0.75 left.
+        assert!(
+            limits
+                .reserve(
+                    &Plan {
+                        checks: vec![budget(0.8)]
+                    },
+                    SystemTime::now()
+                )
+                .is_err()
+        );
+        assert!(
+            limits
+                .reserve(
+                    &Plan {
+                        checks: vec![budget(0.7)]
+                    },
+                    SystemTime::now()
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn requests_per_minute_allow_a_burst_then_one_per_interval() {
+        let limits = MemoryLimits::new();
+        let plan = Plan {
+            checks: vec![Check::Requests {
+                scope: scope("key:a"),
+                per_minute: 3,
+            }],
+        };
+        for remaining in [2, 1, 0] {
+            let admitted = limits.reserve(&plan, SystemTime::now()).unwrap();
+            assert_eq!(admitted.status.requests.unwrap().remaining, remaining);
+        }
+        let Err(Rejection::RateLimited { retry_after, .. }) =
+            limits.reserve(&plan, SystemTime::now())
+        else {
+            panic!("the fourth request in a burst of three is refused")
+        };
+        assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20));
+    }
+}

@@ -1,0 +1,184 @@
+//! Rate limits and budgets: what a request must reserve before it runs, and the settling
+//! of that reservation with what it really used.
+//!
+//! A [`Plan`] lists the checks a request is subject to (per key, per team, optionally per
+//! model): requests per minute (GCRA), tokens per minute (reserved at the prompt's token
+//! count plus the completion budget, settled with the real usage, the rest refunded),
+//! requests in flight, and USD budgets per day, month and in total (reserved at the
+//! request's most expensive outcome, settled at its real cost). Either every check admits
+//! the request or none keeps anything. The state outlives config reloads (it lives in
+//! `Shared`).
+
+mod memory;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use memory::MemoryLimits;
+
+/// One thing a request must reserve.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Requests {
+        scope: Arc<str>,
+        per_minute: u32,
+    },
+    Tokens {
+        scope: Arc<str>,
+        per_minute: u64,
+        amount: u64,
+    },
+    Concurrency {
+        scope: Arc<str>,
+        max: u32,
+    },
+    Budget {
+        scope: Arc<str>,
+        period: Period,
+        limit_usd: f64,
+        amount_usd: f64,
+    },
+}
+
+/// A budget's accounting period, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+    Total,
+}
+
+impl Period {
+    /// The id of the period `now` falls in: `2026-11-21`, `2026-11` or `total`.
+    pub fn id(self, now: SystemTime) -> String {
+        let date = humantime::format_rfc3339_seconds(now).to_string();
+        match self {
+            Self::Day => date[..10].to_owned(),
+            Self::Month => date[..7].to_owned(),
+            Self::Total => "total".to_owned(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Day => "daily",
+            Self::Month => "monthly",
+            Self::Total => "total",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub checks: Vec<Check>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// A rate limit: worth retrying after `retry_after`.
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
+    /// A budget is spent: retrying does not help until the period ends.
+    OverBudget { budget: String },
+}
+
+/// The state of one limit after a request was admitted, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limit is fully replenished.
+    pub reset: Duration,
+}
+
+/// The tightest request and token windows of an admitted request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitStatus {
+    pub requests: Option<Window>,
+    pub tokens: Option<Window>,
+}
+
+impl LimitStatus {
+    /// Keeps the window with the fewest remaining.
+    fn tighten(slot: &mut Option<Window>, window: Window) {
+        if slot.is_none_or(|current| window.remaining < current.remaining) {
+            *slot = Some(window);
+        }
+    }
+}
+
+/// OpenAI's format for reset times: `1s`, `250ms`, `6m0s`.
+pub fn format_reset(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0..=999 => format!("{millis}ms"),
+        1_000..=59_999 => {
+            let secs = duration.as_secs_f64();
+            let text = format!("{secs:.3}");
+            format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+        }
+        _ => format!("{}m{}s", millis / 60_000, (millis % 60_000) / 1000),
+    }
+}
+
+/// What a request holds between admission and settlement.
+pub struct Admission {
+    pub status: LimitStatus,
+    held: Vec<memory::Held>,
+}
+
+/// What a finished request really used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Used {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// The limit store the deployment uses.
+#[derive(Default)]
+pub struct Limiter {
+    memory: MemoryLimits,
+}
+
+impl Limiter {
+    /// Reserves everything in `plan`, or nothing.
+    pub async fn reserve(&self, plan: &Plan) -> Result<Admission, Rejection> {
+        self.memory.reserve(plan, SystemTime::now())
+    }
+
+    /// Gives back what the request did not use, and releases its concurrency slots.
+    pub fn settle(&self, admission: Admission, used: Used) {
+        memory::settle(admission.held, used);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_read_like_openais() {
+        assert_eq!(format_reset(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(1)), "1s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn periods_are_utc_dates() {
+        let at = humantime::parse_rfc3339("2026-11-21T23:59:59Z").unwrap();
+        assert_eq!(Period::Day.id(at), "2026-11-21");
+        assert_eq!(Period::Month.id(at), "2026-11");
+        assert_eq!(Period::Total.id(at), "total");
+    }
+}

@@ -1,0 +1,205 @@
+//! The limits layer: rate limits and budgets of the calling key and its team, reserved
+//! before the call and settled with its real usage and cost after it (streams included,
+//! when they end or are dropped).
+//!
+//! Reads: `ctx.key` (and its team), `ctx.route` (the model, its targets' prices and
+//! tokenizer), the request (prompt and completion budget). Writes on the record: the limit
+//! status for the `x-ratelimit-*` headers and the settlement to run when the request is
+//! over. Fails with 429: `rate_limit_exceeded` with `Retry-After`, or `insufficient_quota`
+//! for a spent budget. Requests of keys with no limits and no budget pass untouched (no
+//! token counting, no headers).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, Either};
+use tower::{Layer, Service};
+
+use super::{Call, GatewayRequest};
+use crate::config::schema::{BudgetConfig, LimitConfig};
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::limits::{Check, Limiter, Period, Plan, Rejection, tokens};
+use crate::stream::Reply;
+
+#[derive(Clone)]
+pub struct LimitsLayer {
+    limiter: Arc<Limiter>,
+}
+
+impl LimitsLayer {
+    pub fn new(limiter: Arc<Limiter>) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S> Layer<S> for LimitsLayer {
+    type Service = Limits<S>;
+
+    fn layer(&self, inner: S) -> Limits<S> {
+        Limits {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limits<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+impl<S> Service<GatewayRequest> for Limits<S>
+where
+    S: Service<GatewayRequest, Response = Reply, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Reply;
+    type Error = GatewayError;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Reply, GatewayError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: GatewayRequest) -> Self::Future {
+        let plan = plan(&request.ctx, &request.call);
+        if plan.is_empty() {
+            return Either::Left(self.inner.call(request));
+        }
+        // The service that was made ready is the one that must be called.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let limiter = self.limiter.clone();
+        Either::Right(Box::pin(async move {
+            let admission = limiter.reserve(&plan).await.map_err(rejected)?;
+            let record = &request.ctx.record;
+            record.set_limit_status(admission.status);
+            let settling = limiter.clone();
+            record.on_settle(Box::new(move |used| settling.settle(admission, used)));
+            inner.call(request).await
+        }))
+    }
+}
+
+fn rejected(rejection: Rejection) -> GatewayError {
+    match rejection {
+        Rejection::RateLimited { limit, retry_after } => {
+            GatewayError::RateLimited { limit, retry_after }
+        }
+        Rejection::OverBudget { budget } => GatewayError::OverBudget { budget },
+    }
+}
+
+/// Every limit and budget that applies to this request, with what it would reserve.
+fn plan(ctx: &RequestContext, call: &Call) -> Plan {
+    let (Some(key), Some(route)) = (&ctx.key, &ctx.route) else {
+        return Plan::default();
+    };
+    let model = &*route.name;
+    let mut scopes: Vec<(String, &LimitConfig, Option<&LimitConfig>, &BudgetConfig)> = vec![(
+        format!("key '{}'", key.name),
+        &key.limits,
+        key.model_limits.get(model),
+        &key.budget,
+    )];
+    if let Some(team) = &key.team {
+        scopes.push((
+            format!("team '{}'", team.name),
+            &team.limits,
+            team.model_limits.get(model),
+            &team.budget,
+        ));
+    }
+    let counts_tokens = scopes.iter().any(|(_, limits, per_model, budget)| {
+        limits.tpm.is_some() || per_model.is_some_and(|l| l.tpm.is_some()) || has_budget(budget)
+    });
+    let (tokens, cost) = if counts_tokens {
+        worst_case(ctx, call)
+    } else {
+        (0, 0.0)
+    };
+    let mut plan = Plan::default();
+    for (scope, limits, per_model, budget) in scopes {
+        add_limits(&mut plan, &scope, limits, tokens);
+        if let Some(per_model) = per_model {
+            add_limits(
+                &mut plan,
+                &format!("{scope} on model '{model}'"),
+                per_model,
+                tokens,
+            );
+        }
+        let budgets = [
+            (Period::Day, budget.daily_usd),
+            (Period::Month, budget.monthly_usd),
+            (Period::Total, budget.total_usd),
+        ];
+        for (period, limit) in budgets {
+            if let Some(limit_usd) = limit {
+                let scope = Arc::from(scope.as_str());
+                plan.checks.push(Check::Budget {
+                    scope,
+                    period,
+                    limit_usd,
+                    amount_usd: cost,
+                });
+            }
+        }
+    }
+    plan
+}
+
+fn has_budget(budget: &BudgetConfig) -> bool {
+    budget.daily_usd.is_some() || budget.monthly_usd.is_some() || budget.total_usd.is_some()
+}
+
+fn add_limits(plan: &mut Plan, scope: &str, limits: &LimitConfig, tokens: u64) {
+    let scope: Arc<str> = Arc::from(scope);
+    if let Some(per_minute) = limits.rpm {
+        plan.checks.push(Check::Requests {
+            scope: scope.clone(),
+            per_minute,
+        });
+    }
+    if let Some(per_minute) = limits.tpm {
+        plan.checks.push(Check::Tokens {
+            scope: scope.clone(),
+            per_minute,
+            amount: tokens,
+        });
+    }
+    if let Some(max) = limits.max_concurrent {
+        plan.checks.push(Check::Concurrency { scope, max });
+    }
+}
+
+/// The most tokens the request can use (its prompt, counted with the model's tokenizer
+/// when known, plus its completion budget), and the most it can cost (at its most
+/// expensive target).
+fn worst_case(ctx: &RequestContext, call: &Call) -> (u64, f64) {
+    let snapshot = &ctx.snapshot;
+    let Some(route) = &ctx.route else {
+        return (0, 0.0);
+    };
+    let tokenizer_model = route
+        .usable_targets()
+        .next()
+        .map_or("", |t| &*t.upstream_model);
+    let (prompt, completion) = match call {
+        Call::Chat(request) => (
+            tokens::chat_prompt(request, tokenizer_model),
+            request
+                .max_output_tokens()
+                .unwrap_or(snapshot.limits.default_completion_tokens),
+        ),
+        Call::Embeddings(request) => (tokens::texts(&request.input.texts(), tokenizer_model), 0),
+    };
+    let cost = route
+        .usable_targets()
+        .filter_map(|t| snapshot.prices.price(&t.upstream_model))
+        .map(|price| price.ceiling(prompt, completion))
+        .fold(0.0, f64::max);
+    (prompt + completion, cost)
+}
