@@ -57,6 +57,9 @@ pub enum GatewayError {
     /// A budget is spent: retrying does not help before its period ends.
     #[error("budget exhausted: {budget}")]
     OverBudget { budget: String },
+    /// The shared rate-limit store is down and the deployment fails closed.
+    #[error("the rate-limit store is unavailable")]
+    LimitsUnavailable,
 
     // ---- the gateway cannot serve this model right now (configuration)
     #[error("the model '{model}' has no usable provider: {reason}")]
@@ -113,7 +116,9 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoUsableTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoUsableTarget { .. } | Self::LimitsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(upstream) => upstream.status,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -141,6 +146,7 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::OverBudget { .. } => "over_budget",
+            Self::LimitsUnavailable => "limits_unavailable",
             Self::NoUsableTarget { .. } => "no_usable_target",
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -159,7 +165,7 @@ impl GatewayError {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
             }
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
-            Self::RateLimited { .. } => true,
+            Self::RateLimited { .. } | Self::LimitsUnavailable => true,
             _ => false,
         }
     }
@@ -207,6 +213,7 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::OverBudget { .. } => Some("insufficient_quota"),
+            Self::LimitsUnavailable => Some("limits_unavailable"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
@@ -249,6 +256,9 @@ impl GatewayError {
                 )
             }
             Self::Internal(_) => "the gateway failed to process the request".to_owned(),
+            Self::LimitsUnavailable => {
+                "the gateway cannot check rate limits right now; retry shortly".to_owned()
+            }
             other => other.to_string(),
         }
     }

@@ -31,6 +31,8 @@ pub enum StartError {
     },
     #[error("cannot watch the config for reloads: {0}")]
     Watch(std::io::Error),
+    #[error("cannot set up the rate-limit store: {0}")]
+    Limits(String),
 }
 
 /// A gateway serving in the background.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +26,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    limits_degraded: Gauge,
+    limits_errors: Counter,
 }
 
 impl Metrics {
@@ -42,11 +45,33 @@ impl Metrics {
             "Config reload attempts by result (failure: the previous config kept serving)",
             config_reloads.clone(),
         );
+        let limits_degraded = Gauge::default();
+        registry.register(
+            "limits_store_degraded",
+            "1 while the shared rate-limit store (Redis) is unavailable and its failure policy applies",
+            limits_degraded.clone(),
+        );
+        let limits_errors = Counter::default();
+        registry.register(
+            "limits_store_errors",
+            "Calls to the shared rate-limit store that failed or timed out",
+            limits_errors.clone(),
+        );
         Self {
             registry,
             requests,
             config_reloads,
+            limits_degraded,
+            limits_errors,
         }
+    }
+
+    pub fn set_limits_degraded(&self, degraded: bool) {
+        self.limits_degraded.set(i64::from(degraded));
+    }
+
+    pub fn count_limits_error(&self) {
+        self.limits_errors.inc();
     }
 
     pub fn count_reload(&self, ok: bool) {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::config::schema::LimitsSettings;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
@@ -13,4 +14,17 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub http: HttpClients,
     pub limiter: Arc<Limiter>,
+}
+
+impl Shared {
+    /// The state a gateway starts with: its limit store is the one `limits` asks for.
+    pub fn new(limits: &LimitsSettings) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
+        let limiter = Limiter::new(limits, metrics.clone())?;
+        Ok(Self {
+            metrics,
+            http: HttpClients::default(),
+            limiter: Arc::new(limiter),
+        })
+    }
 }

@@ -37,16 +37,65 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSettings {
-    /// Completion tokens reserved for a request that sets no max_tokens. [restart]
+    /// Completion tokens reserved for a request that sets no max_tokens.
     pub default_completion_tokens: u64,
+    /// Where counts and spend are kept. [restart]
+    pub backend: LimitsBackend,
+    /// The shared store, for `backend: redis`. [restart]
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for LimitsSettings {
     fn default() -> Self {
         Self {
             default_completion_tokens: 1024,
+            backend: LimitsBackend::Memory,
+            redis: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    /// Each replica counts on its own (one replica, or limits per replica).
+    #[default]
+    Memory,
+    /// Every replica shares the counts through Redis.
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub url: String,
+    /// Longest wait for one Redis call; past it, the failure policy applies.
+    #[serde(default = "redis_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// When Redis is slow or down: `fail_open` (each replica applies its own limits) or
+    /// `fail_closed` (limited requests get 503).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Prefix of every key Switchyard writes.
+    #[serde(default = "key_prefix")]
+    pub key_prefix: String,
+}
+
+fn redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn key_prefix() -> String {
+    "switchyard:".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    FailOpen,
+    FailClosed,
 }
 
 /// Rate limits of a key, a team, or a key or team on one model.

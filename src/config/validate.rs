@@ -7,7 +7,8 @@ use http::{HeaderName, HeaderValue};
 
 use super::ConfigError;
 use super::schema::{
-    BudgetConfig, LimitConfig, MockFault, ModelConfig, ProviderConfig, ProviderKind, RawConfig,
+    BudgetConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig, ProviderConfig, ProviderKind,
+    RawConfig,
 };
 use crate::headers::HOP_BY_HOP;
 
@@ -21,7 +22,28 @@ pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
         validate_model(&format!("models.{name}"), name, model, config, &mut errors);
     }
     validate_auth(config, &mut errors);
+    validate_limits_settings(config, &mut errors);
     errors.0
+}
+
+fn validate_limits_settings(config: &RawConfig, errors: &mut Errors) {
+    let settings = &config.limits;
+    match (&settings.backend, &settings.redis) {
+        (LimitsBackend::Redis, None) => errors.push(
+            "limits.redis",
+            "expected the Redis settings (url) for backend redis",
+        ),
+        (_, Some(redis)) => {
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+                errors.push(
+                    "limits.redis.url",
+                    format!("expected redis://host:port, got {:?}", redis.url),
+                );
+            }
+            errors.positive("limits.redis.timeout", redis.timeout);
+        }
+        _ => {}
+    }
 }
 
 fn validate_auth(config: &RawConfig, errors: &mut Errors) {

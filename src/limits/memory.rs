@@ -74,7 +74,26 @@ impl MemoryLimits {
                 return Err(rejection);
             }
         }
-        Ok(super::Admission { status, held })
+        Ok(super::Admission {
+            status,
+            held: super::Held::Memory(held),
+        })
+    }
+
+    /// Spend of a scope today, this month and in total (this process only).
+    pub fn spend(&self, scope: &str) -> [f64; 3] {
+        let now = SystemTime::now();
+        let scope: Arc<str> = Arc::from(scope);
+        [
+            super::Period::Day,
+            super::Period::Month,
+            super::Period::Total,
+        ]
+        .map(|period| {
+            self.spend
+                .get(&(scope.clone(), period.id(now)))
+                .map_or(0.0, |spend| lock(&spend).spent)
+        })
     }
 
     fn hold(
@@ -286,6 +305,13 @@ mod tests {
         Arc::from(name)
     }
 
+    fn held(admission: super::super::Admission) -> Vec<Held> {
+        match admission.held {
+            super::super::Held::Memory(held) => held,
+            super::super::Held::Shared(_) => unreachable!("the memory store holds in memory"),
+        }
+    }
+
     #[test]
     fn tokens_are_reserved_then_refunded() {
         let limits = MemoryLimits::new();
@@ -304,7 +330,7 @@ mod tests {
         );
         // The first request used only 100 of its 600: 500 come back.
         settle(
-            first.held,
+            held(first),
             Used {
                 tokens: 100,
                 cost_usd: 0.0,
@@ -337,7 +363,7 @@ mod tests {
         let fits = Plan {
             checks: vec![slot.clone(), budget(0.5)],
         };
-        let held = limits.reserve(&fits, SystemTime::now()).unwrap();
+        let held_budget = limits.reserve(&fits, SystemTime::now()).unwrap();
         assert!(
             limits
                 .reserve(&Plan { checks: vec![slot] }, SystemTime::now())
@@ -345,7 +371,7 @@ mod tests {
             "one in flight"
         );
         settle(
-            held.held,
+            held(held_budget),
             Used {
                 tokens: 0,
                 cost_usd: 0.25,

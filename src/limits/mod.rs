@@ -10,12 +10,17 @@
 //! `Shared`).
 
 mod memory;
+mod redis;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::config::schema::{LimitsBackend, LimitsSettings, OnFailure};
+use crate::metrics::Metrics;
 pub use memory::MemoryLimits;
+use redis::RedisLimits;
 
 /// One thing a request must reserve.
 #[derive(Debug, Clone)]
@@ -90,6 +95,8 @@ pub enum Rejection {
     },
     /// A budget is spent: retrying does not help until the period ends.
     OverBudget { budget: String },
+    /// The shared store is down and the deployment fails closed.
+    Unavailable,
 }
 
 /// The state of one limit after a request was admitted, for the `x-ratelimit-*` headers.
@@ -131,10 +138,15 @@ pub fn format_reset(duration: Duration) -> String {
     }
 }
 
-/// What a request holds between admission and settlement.
+/// What a request holds between admission and settlement, in the store that admitted it.
 pub struct Admission {
     pub status: LimitStatus,
-    held: Vec<memory::Held>,
+    held: Held,
+}
+
+enum Held {
+    Memory(Vec<memory::Held>),
+    Shared(redis::Held),
 }
 
 /// What a finished request really used.
@@ -144,22 +156,145 @@ pub struct Used {
     pub cost_usd: f64,
 }
 
-/// The limit store the deployment uses.
+/// The limit store the deployment uses: in process, or shared through Redis with the
+/// in-process store as the fallback of a deployment that fails open.
 #[derive(Default)]
 pub struct Limiter {
     memory: MemoryLimits,
+    shared: Option<Arc<SharedStore>>,
 }
 
+struct SharedStore {
+    redis: RedisLimits,
+    timeout: Duration,
+    on_failure: OnFailure,
+    metrics: Arc<Metrics>,
+    degraded: AtomicBool,
+    /// While degraded, Redis is tried again from this time on (ms since the epoch): one
+    /// probe a second instead of a timeout on every request.
+    probe_at_ms: AtomicU64,
+}
+
+/// How long a degraded store is left alone before the next probe.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Limiter {
-    /// Reserves everything in `plan`, or nothing.
-    pub async fn reserve(&self, plan: &Plan) -> Result<Admission, Rejection> {
-        self.memory.reserve(plan, SystemTime::now())
+    /// The store `settings` ask for. [restart]: a reload does not change it.
+    pub fn new(settings: &LimitsSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let shared = match (&settings.backend, &settings.redis) {
+            (LimitsBackend::Redis, Some(config)) => Some(Arc::new(SharedStore {
+                redis: RedisLimits::new(&config.url, config.timeout, &config.key_prefix)?,
+                timeout: config.timeout,
+                on_failure: config.on_failure,
+                metrics,
+                degraded: AtomicBool::new(false),
+                probe_at_ms: AtomicU64::new(0),
+            })),
+            _ => None,
+        };
+        Ok(Self {
+            memory: MemoryLimits::new(),
+            shared,
+        })
     }
 
-    /// Gives back what the request did not use, and releases its concurrency slots.
-    pub fn settle(&self, admission: Admission, used: Used) {
-        memory::settle(admission.held, used);
+    /// Reserves everything in `plan`, or nothing.
+    pub async fn reserve(&self, plan: &Plan) -> Result<Admission, Rejection> {
+        if let Some(shared) = &self.shared {
+            if shared.worth_trying() {
+                match tokio::time::timeout(shared.timeout, shared.redis.reserve(plan)).await {
+                    Ok(Ok(result)) => {
+                        shared.succeeded();
+                        return result.map(|(status, held)| Admission {
+                            status,
+                            held: Held::Shared(held),
+                        });
+                    }
+                    Ok(Err(error)) => shared.failed(&error.to_string()),
+                    Err(_) => shared.failed("no answer within the timeout"),
+                }
+            }
+            if shared.on_failure == OnFailure::FailClosed {
+                return Err(Rejection::Unavailable);
+            }
+        }
+        let held = self.memory.reserve(plan, SystemTime::now())?;
+        Ok(held)
     }
+
+    /// Gives back what the request did not use, and releases its concurrency slots. A
+    /// shared settlement runs in the background, bounded by the store's timeout.
+    pub fn settle(&self, admission: Admission, used: Used) {
+        match admission.held {
+            Held::Memory(held) => memory::settle(held, used),
+            Held::Shared(held) => {
+                let (Some(shared), Ok(runtime)) =
+                    (self.shared.clone(), tokio::runtime::Handle::try_current())
+                else {
+                    return;
+                };
+                runtime.spawn(async move {
+                    let settled =
+                        tokio::time::timeout(shared.timeout, shared.redis.settle(held, used)).await;
+                    if !matches!(settled, Ok(Ok(()))) {
+                        // Unsettled holds expire on their own; tokens come back as the
+                        // bucket refills.
+                        shared.metrics.count_limits_error();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Spend of a scope (`key 'name'` or `team 'name'`) today, this month and in total.
+    pub async fn spend(&self, scope: &str) -> [f64; 3] {
+        match &self.shared {
+            Some(shared) => tokio::time::timeout(shared.timeout, shared.redis.spend(scope))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| self.memory.spend(scope)),
+            None => self.memory.spend(scope),
+        }
+    }
+}
+
+impl SharedStore {
+    fn worth_trying(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+            || now_ms() >= self.probe_at_ms.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self, error: &str) {
+        self.metrics.count_limits_error();
+        self.probe_at_ms.store(
+            now_ms() + PROBE_INTERVAL.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.set_limits_degraded(true);
+            let policy = match self.on_failure {
+                OnFailure::FailOpen => "failing open: each replica applies its own limits",
+                OnFailure::FailClosed => "failing closed: limited requests get 503",
+            };
+            tracing::warn!(%error, "the shared rate-limit store (Redis) is unavailable, {policy}");
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            self.metrics.set_limits_degraded(false);
+            tracing::warn!(
+                "the shared rate-limit store (Redis) is back: shared limits apply again"
+            );
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -89,6 +89,7 @@ fn rejected(rejection: Rejection) -> GatewayError {
             GatewayError::RateLimited { limit, retry_after }
         }
         Rejection::OverBudget { budget } => GatewayError::OverBudget { budget },
+        Rejection::Unavailable => GatewayError::LimitsUnavailable,
     }
 }
 

@@ -1,0 +1,224 @@
+//! The shared limit store: the same checks as the memory store, kept in Redis so every
+//! replica sees the same counts. Reserving is one Lua script (`reserve.lua`: every check,
+//! then every write, atomically), and so is settling (`settle.lua`), so two replicas can
+//! never both admit past a limit. Time is Redis's clock, the same for every replica.
+//!
+//! Holds that are never settled (a replica that died mid-request) expire on their own:
+//! requests in flight and budget reservations carry an expiry.
+
+use std::time::{Duration, SystemTime};
+
+use redis::aio::ConnectionManager;
+use redis::{Client, RedisError, Script, Value};
+
+use super::{Check, LimitStatus, Period, Plan, Rejection, Used, Window};
+
+/// A hold lasts at most this long (the longest request a limit waits for).
+const HOLD: Duration = Duration::from_secs(15 * 60);
+/// Day and month budgets are kept a while after their period for the admin API.
+const BUDGET_TTL: Duration = Duration::from_secs(40 * 24 * 3600);
+
+pub struct RedisLimits {
+    connection: ConnectionManager,
+    prefix: String,
+    reserve: Script,
+    settle: Script,
+}
+
+/// What a request holds in Redis until it settles.
+pub struct Held {
+    id: String,
+    items: Vec<(String, &'static str, String, String)>,
+}
+
+impl RedisLimits {
+    /// Connects lazily: the gateway starts (and fails open) even while Redis is down.
+    pub fn new(url: &str, timeout: Duration, prefix: &str) -> Result<Self, String> {
+        let client = Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("cannot prepare the Redis connection: {e}"))?;
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+            reserve: Script::new(include_str!("reserve.lua")),
+            settle: Script::new(include_str!("settle.lua")),
+        })
+    }
+
+    fn key(&self, check: &Check, now: SystemTime) -> String {
+        let prefix = &self.prefix;
+        match check {
+            Check::Requests { scope, per_minute } => format!("{prefix}rpm:{scope}:{per_minute}"),
+            Check::Tokens {
+                scope, per_minute, ..
+            } => format!("{prefix}tpm:{scope}:{per_minute}"),
+            Check::Concurrency { scope, .. } => format!("{prefix}inflight:{scope}"),
+            Check::Budget { scope, period, .. } => budget_key(prefix, scope, *period, now),
+        }
+    }
+
+    /// Reserves the whole plan in one round trip. The outer error is Redis failing; the
+    /// inner one a limit refusing.
+    pub async fn reserve(
+        &self,
+        plan: &Plan,
+    ) -> Result<Result<(LimitStatus, Held), Rejection>, RedisError> {
+        let now = SystemTime::now();
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation.arg(&id).arg(HOLD.as_millis() as u64);
+        let mut items = Vec::new();
+        for check in &plan.checks {
+            let key = self.key(check, now);
+            let (kind, limit, amount, ttl) = encode(check);
+            invocation
+                .key(&key)
+                .arg(kind)
+                .arg(&limit)
+                .arg(&amount)
+                .arg(ttl);
+            if kind != "r" {
+                items.push((key, kind, limit, amount));
+            }
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
+        Ok(decode(&reply, plan).map(|status| (status, Held { id, items })))
+    }
+
+    /// Gives back what the request did not use.
+    pub async fn settle(&self, held: Held, used: Used) -> Result<(), RedisError> {
+        let mut invocation = self.settle.prepare_invoke();
+        invocation.arg(&held.id).arg(used.tokens).arg(used.cost_usd);
+        for (key, kind, limit, amount) in &held.items {
+            invocation.key(key).arg(*kind).arg(limit).arg(amount);
+        }
+        let mut connection = self.connection.clone();
+        invocation
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map(drop)
+    }
+
+    /// Spend of a scope in the current day, month and in total.
+    pub async fn spend(&self, scope: &str) -> Result<[f64; 3], RedisError> {
+        let now = SystemTime::now();
+        let mut connection = self.connection.clone();
+        let mut spend = [0.0; 3];
+        for (slot, period) in spend
+            .iter_mut()
+            .zip([Period::Day, Period::Month, Period::Total])
+        {
+            let key = budget_key(&self.prefix, scope, period, now);
+            let spent: Option<f64> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("spent")
+                .query_async(&mut connection)
+                .await?;
+            *slot = spent.unwrap_or(0.0);
+        }
+        Ok(spend)
+    }
+}
+
+fn budget_key(prefix: &str, scope: &str, period: Period, now: SystemTime) -> String {
+    format!("{prefix}budget:{scope}:{}", period.id(now))
+}
+
+fn encode(check: &Check) -> (&'static str, String, String, u64) {
+    match check {
+        Check::Requests { per_minute, .. } => ("r", per_minute.to_string(), "1".into(), 0),
+        Check::Tokens {
+            per_minute, amount, ..
+        } => ("t", per_minute.to_string(), amount.to_string(), 0),
+        Check::Concurrency { max, .. } => ("c", max.to_string(), "1".into(), 0),
+        Check::Budget {
+            period,
+            limit_usd,
+            amount_usd,
+            ..
+        } => {
+            let ttl = if *period == Period::Total {
+                0
+            } else {
+                BUDGET_TTL.as_millis() as u64
+            };
+            ("b", limit_usd.to_string(), amount_usd.to_string(), ttl)
+        }
+    }
+}
+
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::Int(n) => *n,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The script's answer: the tightest windows, or which check refused.
+fn decode(reply: &[Value], plan: &Plan) -> Result<LimitStatus, Rejection> {
+    if reply.first().map(int) == Some(0) {
+        let index = usize::try_from(int(reply.get(1).unwrap_or(&Value::Nil))).unwrap_or(1);
+        let retry_ms = int(reply.get(2).unwrap_or(&Value::Nil));
+        let check = plan.checks.get(index.saturating_sub(1));
+        return Err(match check {
+            Some(Check::Budget {
+                scope,
+                period,
+                limit_usd,
+                ..
+            }) => Rejection::OverBudget {
+                budget: format!("the {} budget of ${limit_usd} for {scope}", period.name()),
+            },
+            _ => Rejection::RateLimited {
+                limit: check.map_or_else(|| "a rate limit".to_owned(), describe),
+                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(1000)),
+            },
+        });
+    }
+    let mut status = LimitStatus::default();
+    for entry in reply[1..].chunks_exact(4) {
+        let kind = match &entry[0] {
+            Value::BulkString(bytes) => bytes.as_slice(),
+            _ => b"",
+        };
+        let window = Window {
+            limit: u64::try_from(int(&entry[1])).unwrap_or(0),
+            remaining: u64::try_from(int(&entry[2])).unwrap_or(0),
+            reset: Duration::from_millis(u64::try_from(int(&entry[3])).unwrap_or(0)),
+        };
+        let slot = if kind == b"r" {
+            &mut status.requests
+        } else {
+            &mut status.tokens
+        };
+        LimitStatus::tighten(slot, window);
+    }
+    Ok(status)
+}
+
+fn describe(check: &Check) -> String {
+    match check {
+        Check::Requests { scope, per_minute } => {
+            format!("{per_minute} requests per minute for {scope}")
+        }
+        Check::Tokens {
+            scope,
+            per_minute,
+            amount,
+        } => {
+            format!("{per_minute} tokens per minute for {scope} (this request needs {amount})")
+        }
+        Check::Concurrency { scope, max } => format!("{max} requests in flight for {scope}"),
+        Check::Budget { scope, .. } => format!("the budget of {scope}"),
+    }
+}
