@@ -12,7 +12,6 @@ use crate::app::{self, App};
 use crate::config::{ConfigErrors, ConfigSource};
 use crate::reload::{self, ConfigStore};
 use crate::server::{self, ServerOptions};
-use crate::shared::Shared;
 
 pub struct GatewayOptions {
     pub config: ConfigSource,
@@ -31,8 +30,6 @@ pub enum StartError {
     },
     #[error("cannot watch the config for reloads: {0}")]
     Watch(std::io::Error),
-    #[error("cannot set up the rate-limit store: {0}")]
-    Limits(String),
 }
 
 /// A gateway serving in the background.
@@ -47,10 +44,7 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the config, binds the listener and starts serving.
     pub async fn start(options: GatewayOptions) -> Result<Self, StartError> {
-        let store = Arc::new(ConfigStore::open(
-            options.config,
-            Arc::new(Shared::default()),
-        )?);
+        let store = Arc::new(ConfigStore::open(options.config)?);
         let snapshot = store.current();
         let addr = options.listen.unwrap_or(snapshot.server.listen);
         let listener = TcpListener::bind(addr)

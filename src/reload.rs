@@ -16,7 +16,8 @@ use arc_swap::ArcSwap;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{self, ConfigErrors, ConfigSource};
+use crate::config::schema::RawConfig;
+use crate::config::{self, ConfigError, ConfigErrors, ConfigSource};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
@@ -30,12 +31,22 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// Loads and builds the first snapshot.
-    pub fn open(source: ConfigSource, shared: Arc<Shared>) -> Result<Self, ConfigErrors> {
-        let snapshot = build(&source, &shared)?;
+    /// Loads the config, sets up the state that outlives reloads from it (the limit store
+    /// it names) and builds the first snapshot.
+    pub fn open(source: ConfigSource) -> Result<Self, ConfigErrors> {
+        let raw = config::load(&source)?;
+        let shared = Shared::new(&raw.limits).map_err(|message| ConfigErrors {
+            origin: source.to_string(),
+            errors: vec![ConfigError {
+                path: "limits.redis".to_owned(),
+                location: None,
+                message,
+            }],
+        })?;
+        let snapshot = build_from(&source, raw, &shared)?;
         Ok(Self {
             source,
-            shared,
+            shared: Arc::new(shared),
             current: ArcSwap::from_pointee(snapshot),
         })
     }
@@ -66,6 +77,13 @@ impl ConfigStore {
                         "server.listen changed; it takes effect at the next restart"
                     );
                 }
+                if (old.limits.backend, &old.limits.redis)
+                    != (snapshot.limits.backend, &snapshot.limits.redis)
+                {
+                    tracing::warn!(
+                        "limits.backend or limits.redis changed; the limit store changes at the next restart"
+                    );
+                }
                 self.current.store(Arc::new(snapshot));
                 tracing::info!(source = %self.source, "config reloaded");
                 Ok(())
@@ -79,7 +97,14 @@ impl ConfigStore {
 }
 
 fn build(source: &ConfigSource, shared: &Shared) -> Result<Snapshot, ConfigErrors> {
-    let raw = config::load(source)?;
+    build_from(source, config::load(source)?, shared)
+}
+
+fn build_from(
+    source: &ConfigSource,
+    raw: RawConfig,
+    shared: &Shared,
+) -> Result<Snapshot, ConfigErrors> {
     Snapshot::build(raw, shared).map_err(|errors| ConfigErrors {
         origin: source.to_string(),
         errors,

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::GatewayProcess;
 use common::upstream::{self, Behavior, Upstream};
 use common::{Logs, SseReader, TestGateway, config_for, content_of};
 use serde_json::{Value, json};
@@ -160,69 +160,6 @@ async fn a_broken_reload_keeps_the_old_config_and_a_good_one_takes_effect() {
     assert_eq!(content_of(&events), words(20));
 }
 
-/// A gateway process on a free port, stopped on drop.
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Process {
-    fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("SWITCHYARD_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("the gateway logs its address").unwrap();
-            let entry: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(addr) = entry["fields"]["addr"].as_str() {
-                break addr.to_owned();
-            }
-        };
-        // Keep draining the log so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            url: format!("http://{addr}"),
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn successful_reloads(&self) -> Option<f64> {
-        let text = common::client()
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with("switchyard_config_reloads_total{result=\"success\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_drains_the_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,13 +169,15 @@ async fn sighup_reloads_and_sigterm_drains_the_process() {
         common::auth_section("")
     );
     std::fs::write(&config, base).unwrap();
-    let mut process = Process::start(&config);
+    let mut process = GatewayProcess::start(&config);
     let client = common::client();
 
     process.signal("HUP");
     let mut reloads = None;
     for _ in 0..100 {
-        reloads = process.successful_reloads().await;
+        reloads = process
+            .metric("switchyard_config_reloads_total{result=\"success\"}")
+            .await;
         if reloads == Some(1.0) {
             break;
         }

@@ -65,7 +65,7 @@ pub enum LimitsBackend {
     Redis,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port/db` (or `rediss://` for TLS).

@@ -7,6 +7,8 @@
 )]
 
 pub mod native;
+pub mod process;
+pub mod redis;
 pub mod sdk;
 pub mod upstream;
 
