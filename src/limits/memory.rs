@@ -1,8 +1,8 @@
 //! The per-process limit store: GCRA from governor for requests per minute, a token bucket
-//! with refunds for tokens per minute, counters for requests in flight and for spend.
-//! Entries nobody used for a while are evicted (moka), so keys that stop calling cost no
-//! memory. Spend kept here is per process and lost at restart; the Redis backend shares and
-//! keeps it.
+//! with refunds for tokens per minute, counters for requests in flight, and a tally of
+//! usage and spend per scope and period (which budgets are checked against). Entries nobody
+//! used for a while are evicted (moka), so keys that stop calling cost no memory. Tallies
+//! kept here are per process and lost at restart; the Redis backend shares and keeps them.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,21 +15,21 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use moka::sync::Cache;
 
-use super::{Check, LimitStatus, Plan, Rejection, Used, Window};
+use super::{Check, LimitStatus, Period, Plan, Rejection, Usage, Used, Window};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// Rate-limit state idle this long is forgotten.
 const IDLE: Duration = Duration::from_secs(15 * 60);
-/// Spend is kept at least as long as the longest period it counts.
-const SPEND_IDLE: Duration = Duration::from_secs(40 * 24 * 3600);
+/// Tallies are kept at least as long as the longest period they count.
+const TALLY_IDLE: Duration = Duration::from_secs(40 * 24 * 3600);
 
 pub struct MemoryLimits {
     // Keyed by the limit's value too: a reload that changes a limit starts afresh.
     gcra: Cache<(Arc<str>, u32), Arc<Gcra>>,
     buckets: Cache<(Arc<str>, u64), Arc<Mutex<Bucket>>>,
     in_flight: Cache<Arc<str>, Arc<AtomicU32>>,
-    spend: Cache<(Arc<str>, String), Arc<Mutex<Spend>>>,
+    tallies: Cache<(Arc<str>, String), Arc<Mutex<Tally>>>,
 }
 
 /// What an admitted request holds until it settles.
@@ -40,9 +40,11 @@ pub enum Held {
     },
     Slot(Arc<AtomicU32>),
     Budget {
-        spend: Arc<Mutex<Spend>>,
+        tally: Arc<Mutex<Tally>>,
         amount: f64,
     },
+    /// A period's tally that books the request's usage when it settles.
+    Account(Arc<Mutex<Tally>>),
 }
 
 impl MemoryLimits {
@@ -51,18 +53,19 @@ impl MemoryLimits {
             gcra: Cache::builder().time_to_idle(IDLE).build(),
             buckets: Cache::builder().time_to_idle(IDLE).build(),
             in_flight: Cache::builder().time_to_idle(IDLE).build(),
-            spend: Cache::builder().time_to_idle(SPEND_IDLE).build(),
+            tallies: Cache::builder().time_to_idle(TALLY_IDLE).build(),
         }
     }
 
     /// Reserves every check of `plan`, or gives back what it took and refuses. Requests
-    /// per minute are checked last: a GCRA admission cannot be taken back.
+    /// per minute are checked last: a GCRA admission cannot be taken back. An admitted
+    /// request also holds the tallies of its accounts, which its settlement books.
     pub fn reserve(&self, plan: &Plan, now: SystemTime) -> Result<super::Admission, Rejection> {
         let mut held = Vec::new();
         let mut status = LimitStatus::default();
         for check in &plan.checks {
             if let Err(rejection) = self.hold(check, now, &mut held, &mut status) {
-                settle(held, Used::default());
+                release(held);
                 return Err(rejection);
             }
         }
@@ -70,8 +73,13 @@ impl MemoryLimits {
             if let Check::Requests { scope, per_minute } = check
                 && let Err(rejection) = self.admit_request(scope, *per_minute, &mut status)
             {
-                settle(held, Used::default());
+                release(held);
                 return Err(rejection);
+            }
+        }
+        for scope in &plan.accounts {
+            for period in Period::ALL {
+                held.push(Held::Account(self.tally(scope, period, now)));
             }
         }
         Ok(super::Admission {
@@ -80,20 +88,20 @@ impl MemoryLimits {
         })
     }
 
-    /// Spend of a scope today, this month and in total (this process only).
-    pub fn spend(&self, scope: &str) -> [f64; 3] {
+    /// Usage of a scope today, this month and in total (this process only).
+    pub fn usage(&self, scope: &str) -> [Usage; 3] {
         let now = SystemTime::now();
         let scope: Arc<str> = Arc::from(scope);
-        [
-            super::Period::Day,
-            super::Period::Month,
-            super::Period::Total,
-        ]
-        .map(|period| {
-            self.spend
+        Period::ALL.map(|period| {
+            self.tallies
                 .get(&(scope.clone(), period.id(now)))
-                .map_or(0.0, |spend| lock(&spend).spent)
+                .map_or_else(Usage::default, |tally| lock(&tally).used)
         })
+    }
+
+    fn tally(&self, scope: &Arc<str>, period: Period, now: SystemTime) -> Arc<Mutex<Tally>> {
+        self.tallies
+            .get_with((scope.clone(), period.id(now)), Arc::default)
     }
 
     fn hold(
@@ -140,12 +148,10 @@ impl MemoryLimits {
                 limit_usd,
                 amount_usd,
             } => {
-                let spend = self
-                    .spend
-                    .get_with((scope.clone(), period.id(now)), Arc::default);
+                let tally = self.tally(scope, *period, now);
                 {
-                    let mut spend = lock(&spend);
-                    if spend.spent + spend.reserved + amount_usd > *limit_usd {
+                    let mut tally = lock(&tally);
+                    if tally.used.cost_usd + tally.reserved_usd + amount_usd > *limit_usd {
                         return Err(Rejection::OverBudget {
                             budget: format!(
                                 "the {} budget of ${limit_usd} for {scope}",
@@ -153,10 +159,10 @@ impl MemoryLimits {
                             ),
                         });
                     }
-                    spend.reserved += amount_usd;
+                    tally.reserved_usd += amount_usd;
                 }
                 held.push(Held::Budget {
-                    spend,
+                    tally,
                     amount: *amount_usd,
                 });
             }
@@ -207,8 +213,9 @@ impl Default for MemoryLimits {
     }
 }
 
-/// Returns unused tokens (or charges the overrun), frees slots, books the real spend.
-/// Every bucket and budget of the plan is charged the request's whole usage.
+/// Returns unused tokens (or charges the overrun), frees slots, releases budget
+/// reservations and books the request's usage on its accounts. Every bucket of the plan is
+/// charged the request's whole usage.
 pub fn settle(held: Vec<Held>, used: Used) {
     for item in held {
         match item {
@@ -216,13 +223,18 @@ pub fn settle(held: Vec<Held>, used: Used) {
             Held::Slot(count) => {
                 count.fetch_sub(1, Ordering::AcqRel);
             }
-            Held::Budget { spend, amount } => {
-                let mut spend = lock(&spend);
-                spend.reserved = (spend.reserved - amount).max(0.0);
-                spend.spent += used.cost_usd;
+            Held::Budget { tally, amount } => {
+                let mut tally = lock(&tally);
+                tally.reserved_usd = (tally.reserved_usd - amount).max(0.0);
             }
+            Held::Account(tally) => lock(&tally).used.add(used),
         }
     }
+}
+
+/// Gives back everything a refused request took.
+fn release(held: Vec<Held>) {
+    settle(held, Used::default());
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -289,11 +301,11 @@ impl Bucket {
     }
 }
 
-/// Spend in one budget period.
+/// What a scope used in one period, and what admitted requests reserved of its budget.
 #[derive(Default)]
-pub struct Spend {
-    pub spent: f64,
-    pub reserved: f64,
+pub struct Tally {
+    used: Usage,
+    reserved_usd: f64,
 }
 
 #[cfg(test)]
@@ -303,6 +315,13 @@ mod tests {
 
     fn scope(name: &str) -> Arc<str> {
         Arc::from(name)
+    }
+
+    fn plan(checks: Vec<Check>) -> Plan {
+        Plan {
+            checks,
+            accounts: vec![],
+        }
     }
 
     fn held(admission: super::super::Admission) -> Vec<Held> {
@@ -315,13 +334,11 @@ mod tests {
     #[test]
     fn tokens_are_reserved_then_refunded() {
         let limits = MemoryLimits::new();
-        let plan = Plan {
-            checks: vec![Check::Tokens {
-                scope: scope("key:a"),
-                per_minute: 1000,
-                amount: 600,
-            }],
-        };
+        let plan = plan(vec![Check::Tokens {
+            scope: scope("key:a"),
+            per_minute: 1000,
+            amount: 600,
+        }]);
         let first = limits.reserve(&plan, SystemTime::now()).unwrap();
         assert_eq!(first.status.tokens.unwrap().remaining, 400);
         assert!(
@@ -352,21 +369,21 @@ mod tests {
             limit_usd: 1.0,
             amount_usd: amount,
         };
-        let over = Plan {
-            checks: vec![slot.clone(), budget(2.0)],
-        };
+        let over = plan(vec![slot.clone(), budget(2.0)]);
         assert!(matches!(
             limits.reserve(&over, SystemTime::now()),
             Err(Rejection::OverBudget { .. })
         ));
         // The slot taken before the budget refused was given back.
+        // The team's spend is booked on its account.
         let fits = Plan {
             checks: vec![slot.clone(), budget(0.5)],
+            accounts: vec![scope("team:t")],
         };
         let held_budget = limits.reserve(&fits, SystemTime::now()).unwrap();
         assert!(
             limits
-                .reserve(&Plan { checks: vec![slot] }, SystemTime::now())
+                .reserve(&plan(vec![slot]), SystemTime::now())
                 .is_err(),
             "one in flight"
         );
@@ -380,22 +397,12 @@ mod tests {
         // 0.25 spent: 0.75 left.
         assert!(
             limits
-                .reserve(
-                    &Plan {
-                        checks: vec![budget(0.8)]
-                    },
-                    SystemTime::now()
-                )
+                .reserve(&plan(vec![budget(0.8)]), SystemTime::now())
                 .is_err()
         );
         assert!(
             limits
-                .reserve(
-                    &Plan {
-                        checks: vec![budget(0.7)]
-                    },
-                    SystemTime::now()
-                )
+                .reserve(&plan(vec![budget(0.7)]), SystemTime::now())
                 .is_ok()
         );
     }
@@ -403,12 +410,10 @@ mod tests {
     #[test]
     fn requests_per_minute_allow_a_burst_then_one_per_interval() {
         let limits = MemoryLimits::new();
-        let plan = Plan {
-            checks: vec![Check::Requests {
-                scope: scope("key:a"),
-                per_minute: 3,
-            }],
-        };
+        let plan = plan(vec![Check::Requests {
+            scope: scope("key:a"),
+            per_minute: 3,
+        }]);
         for remaining in [2, 1, 0] {
             let admitted = limits.reserve(&plan, SystemTime::now()).unwrap();
             assert_eq!(admitted.status.requests.unwrap().remaining, remaining);

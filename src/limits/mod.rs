@@ -55,6 +55,8 @@ pub enum Period {
 }
 
 impl Period {
+    pub const ALL: [Self; 3] = [Self::Day, Self::Month, Self::Total];
+
     /// The id of the period `now` falls in: `2026-11-21`, `2026-11` or `total`.
     pub fn id(self, now: SystemTime) -> String {
         let date = humantime::format_rfc3339_seconds(now).to_string();
@@ -77,11 +79,14 @@ impl Period {
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub checks: Vec<Check>,
+    /// Scopes whose usage and spend the settlement books (the key and its team), per day,
+    /// month and in total, whether or not they have a budget.
+    pub accounts: Vec<Arc<str>>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.checks.is_empty()
+        self.checks.is_empty() && self.accounts.is_empty()
     }
 }
 
@@ -156,6 +161,27 @@ pub struct Used {
     pub cost_usd: f64,
 }
 
+/// What a scope used in one period: requests, tokens (prompt and completion) and USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    fn add(&mut self, used: Used) {
+        self.requests += 1;
+        self.tokens += used.tokens;
+        self.cost_usd += used.cost_usd;
+    }
+}
+
+/// The shared store did not answer (the memory store always does).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the shared limit store (Redis) did not answer")]
+pub struct StoreUnavailable;
+
 /// The limit store the deployment uses: in process, or shared through Redis with the
 /// in-process store as the fallback of a deployment that fails open.
 #[derive(Default)]
@@ -198,9 +224,16 @@ impl Limiter {
         })
     }
 
-    /// Reserves everything in `plan`, or nothing.
+    /// Reserves everything in `plan`, or nothing. A plan with nothing to check (a key with
+    /// no limits) costs no round trip: its accounts are booked at settlement.
     pub async fn reserve(&self, plan: &Plan) -> Result<Admission, Rejection> {
         if let Some(shared) = &self.shared {
+            if plan.checks.is_empty() && shared.worth_trying() {
+                return Ok(Admission {
+                    status: LimitStatus::default(),
+                    held: Held::Shared(shared.redis.unchecked(plan)),
+                });
+            }
             if shared.worth_trying() {
                 match tokio::time::timeout(shared.timeout, shared.redis.reserve(plan)).await {
                     Ok(Ok(result)) => {
@@ -246,15 +279,15 @@ impl Limiter {
         }
     }
 
-    /// Spend of a scope (`key 'name'` or `team 'name'`) today, this month and in total.
-    pub async fn spend(&self, scope: &str) -> [f64; 3] {
+    /// Usage of a scope (`key 'name'` or `team 'name'`) today, this month and in total.
+    pub async fn usage(&self, scope: &str) -> Result<[Usage; 3], StoreUnavailable> {
         match &self.shared {
-            Some(shared) => tokio::time::timeout(shared.timeout, shared.redis.spend(scope))
+            Some(shared) => tokio::time::timeout(shared.timeout, shared.redis.usage(scope))
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .unwrap_or_else(|| self.memory.spend(scope)),
-            None => self.memory.spend(scope),
+                .ok_or(StoreUnavailable),
+            None => Ok(self.memory.usage(scope)),
         }
     }
 }

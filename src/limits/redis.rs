@@ -5,18 +5,23 @@
 //!
 //! Holds that are never settled (a replica that died mid-request) expire on their own:
 //! requests in flight and budget reservations carry an expiry.
+//!
+//! Keys (under the configured prefix): `rpm:<scope>:<limit>` (GCRA time), `tpm:<scope>:
+//! <limit>` (bucket), `inflight:<scope>` (sorted set of holds), `usage:<scope>:<period>`
+//! (a hash of requests, tokens, cost and the budget holds `r:<id>`; day and month tallies
+//! expire 40 days after their last write).
 
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
 use redis::{Client, RedisError, Script, Value};
 
-use super::{Check, LimitStatus, Period, Plan, Rejection, Used, Window};
+use super::{Check, LimitStatus, Period, Plan, Rejection, Usage, Used, Window};
 
 /// A hold lasts at most this long (the longest request a limit waits for).
 const HOLD: Duration = Duration::from_secs(15 * 60);
-/// Day and month budgets are kept a while after their period for the admin API.
-const BUDGET_TTL: Duration = Duration::from_secs(40 * 24 * 3600);
+/// Day and month tallies are kept a while after their period for the admin API.
+const TALLY_TTL: Duration = Duration::from_secs(40 * 24 * 3600);
 
 pub struct RedisLimits {
     connection: ConnectionManager,
@@ -29,6 +34,8 @@ pub struct RedisLimits {
 pub struct Held {
     id: String,
     items: Vec<(String, &'static str, String, String)>,
+    /// The tallies (key, ttl in ms) the settlement books the request's usage on.
+    accounts: Vec<(String, u64)>,
 }
 
 impl RedisLimits {
@@ -58,7 +65,7 @@ impl RedisLimits {
                 scope, per_minute, ..
             } => format!("{prefix}tpm:{scope}:{per_minute}"),
             Check::Concurrency { scope, .. } => format!("{prefix}inflight:{scope}"),
-            Check::Budget { scope, period, .. } => budget_key(prefix, scope, *period, now),
+            Check::Budget { scope, period, .. } => tally_key(prefix, scope, *period, now),
         }
     }
 
@@ -88,15 +95,50 @@ impl RedisLimits {
         }
         let mut connection = self.connection.clone();
         let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
-        Ok(decode(&reply, plan).map(|status| (status, Held { id, items })))
+        let accounts = self.accounts(plan, now);
+        Ok(decode(&reply, plan).map(|status| {
+            (
+                status,
+                Held {
+                    id,
+                    items,
+                    accounts,
+                },
+            )
+        }))
     }
 
-    /// Gives back what the request did not use.
+    /// What a plan with nothing to check holds: only its accounts, booked at settlement.
+    pub fn unchecked(&self, plan: &Plan) -> Held {
+        Held {
+            id: String::new(),
+            items: Vec::new(),
+            accounts: self.accounts(plan, SystemTime::now()),
+        }
+    }
+
+    fn accounts(&self, plan: &Plan, now: SystemTime) -> Vec<(String, u64)> {
+        plan.accounts
+            .iter()
+            .flat_map(|scope| {
+                Period::ALL.map(|period| (tally_key(&self.prefix, scope, period, now), ttl(period)))
+            })
+            .collect()
+    }
+
+    /// Gives back what the request did not use and books what it used.
     pub async fn settle(&self, held: Held, used: Used) -> Result<(), RedisError> {
         let mut invocation = self.settle.prepare_invoke();
-        invocation.arg(&held.id).arg(used.tokens).arg(used.cost_usd);
+        invocation
+            .arg(&held.id)
+            .arg(used.tokens)
+            .arg(used.cost_usd)
+            .arg(held.items.len());
         for (key, kind, limit, amount) in &held.items {
             invocation.key(key).arg(*kind).arg(limit).arg(amount);
+        }
+        for (key, ttl) in &held.accounts {
+            invocation.key(key).arg(*ttl);
         }
         let mut connection = self.connection.clone();
         invocation
@@ -105,29 +147,40 @@ impl RedisLimits {
             .map(drop)
     }
 
-    /// Spend of a scope in the current day, month and in total.
-    pub async fn spend(&self, scope: &str) -> Result<[f64; 3], RedisError> {
+    /// Usage of a scope in the current day, month and in total, in one round trip.
+    pub async fn usage(&self, scope: &str) -> Result<[Usage; 3], RedisError> {
         let now = SystemTime::now();
-        let mut connection = self.connection.clone();
-        let mut spend = [0.0; 3];
-        for (slot, period) in spend
-            .iter_mut()
-            .zip([Period::Day, Period::Month, Period::Total])
-        {
-            let key = budget_key(&self.prefix, scope, period, now);
-            let spent: Option<f64> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("spent")
-                .query_async(&mut connection)
-                .await?;
-            *slot = spent.unwrap_or(0.0);
+        let mut pipe = redis::pipe();
+        for period in Period::ALL {
+            pipe.cmd("HMGET")
+                .arg(tally_key(&self.prefix, scope, period, now))
+                .arg(&["requests", "tokens", "cost"][..]);
         }
-        Ok(spend)
+        let mut connection = self.connection.clone();
+        let replies: Vec<(Option<u64>, Option<u64>, Option<f64>)> =
+            pipe.query_async(&mut connection).await?;
+        let mut usage = [Usage::default(); 3];
+        for (slot, (requests, tokens, cost)) in usage.iter_mut().zip(replies) {
+            *slot = Usage {
+                requests: requests.unwrap_or(0),
+                tokens: tokens.unwrap_or(0),
+                cost_usd: cost.unwrap_or(0.0),
+            };
+        }
+        Ok(usage)
     }
 }
 
-fn budget_key(prefix: &str, scope: &str, period: Period, now: SystemTime) -> String {
-    format!("{prefix}budget:{scope}:{}", period.id(now))
+fn tally_key(prefix: &str, scope: &str, period: Period, now: SystemTime) -> String {
+    format!("{prefix}usage:{scope}:{}", period.id(now))
+}
+
+/// How long a period's tally is kept after its last write, in ms (0: for ever).
+fn ttl(period: Period) -> u64 {
+    match period {
+        Period::Total => 0,
+        Period::Day | Period::Month => TALLY_TTL.as_millis() as u64,
+    }
 }
 
 fn encode(check: &Check) -> (&'static str, String, String, u64) {
@@ -142,14 +195,12 @@ fn encode(check: &Check) -> (&'static str, String, String, u64) {
             limit_usd,
             amount_usd,
             ..
-        } => {
-            let ttl = if *period == Period::Total {
-                0
-            } else {
-                BUDGET_TTL.as_millis() as u64
-            };
-            ("b", limit_usd.to_string(), amount_usd.to_string(), ttl)
-        }
+        } => (
+            "b",
+            limit_usd.to_string(),
+            amount_usd.to_string(),
+            ttl(*period),
+        ),
     }
 }
 

@@ -5,7 +5,7 @@
 --   r  requests per minute (GCRA): the key holds the theoretical arrival time (ms)
 --   t  tokens per minute: a hash {tokens, ts}, refilled continuously
 --   c  requests in flight: a sorted set of request ids scored by when their hold expires
---   b  a budget: a hash {spent, r:<id> = "<amount>:<expiry ms>"}
+--   b  a budget: the period's tally, a hash {requests, tokens, cost, r:<id> = "<amount>:<expiry ms>"}
 -- Returns {1, kind, limit, remaining, reset_ms, ...} for r and t checks, or {0, i, retry_ms}
 -- (retry_ms -1: a budget is spent).
 local clock = redis.call('TIME')
@@ -45,9 +45,9 @@ for i, key in ipairs(KEYS) do
     local spent, held = 0, 0
     for j = 1, #fields, 2 do
       local field, value = fields[j], fields[j + 1]
-      if field == 'spent' then
+      if field == 'cost' then
         spent = tonumber(value)
-      else
+      elseif string.sub(field, 1, 2) == 'r:' then
         local reserved, expiry = string.match(value, '([^:]+):([^:]+)')
         if tonumber(expiry) < now then redis.call('HDEL', key, field) else held = held + tonumber(reserved) end
       end

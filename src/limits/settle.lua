@@ -1,12 +1,14 @@
--- Settles a request's holds with what it used.
--- KEYS[i]: the state of hold i. ARGV[1]: the request's id, ARGV[2]: tokens used,
--- ARGV[3]: cost in USD; then 3 values per hold: kind, limit, amount reserved.
+-- Settles a request's holds with what it used, and books its usage on its accounts.
+-- ARGV[1]: the request's id, ARGV[2]: tokens used, ARGV[3]: cost in USD, ARGV[4]: the
+-- number of holds n.
+-- KEYS[1..n]: the state of each hold, with 3 values each in ARGV: kind, limit, amount
+-- reserved. KEYS[n+1..]: the tallies to book on, with 1 value each: ttl in ms (0: none).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local id, used, cost = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local id, used, cost, holds = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 
-for i, key in ipairs(KEYS) do
-  local base = 4 + (i - 1) * 3
+for i = 1, holds do
+  local key, base = KEYS[i], 5 + (i - 1) * 3
   local kind, limit, reserved = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   if kind == 't' then
     local state = redis.call('HMGET', key, 'tokens', 'ts')
@@ -19,7 +21,15 @@ for i, key in ipairs(KEYS) do
     redis.call('ZREM', key, id)
   elseif kind == 'b' then
     redis.call('HDEL', key, 'r:' .. id)
-    redis.call('HINCRBYFLOAT', key, 'spent', cost)
   end
+end
+
+local base = 5 + holds * 3
+for i = holds + 1, #KEYS do
+  local key, ttl = KEYS[i], tonumber(ARGV[base + i - holds - 1])
+  redis.call('HINCRBY', key, 'requests', 1)
+  redis.call('HINCRBY', key, 'tokens', used)
+  redis.call('HINCRBYFLOAT', key, 'cost', cost)
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 end
 return 1

@@ -6,8 +6,9 @@
 //! tokenizer), the request (prompt and completion budget). Writes on the record: the limit
 //! status for the `x-ratelimit-*` headers and the settlement to run when the request is
 //! over. Fails with 429: `rate_limit_exceeded` with `Retry-After`, or `insufficient_quota`
-//! for a spent budget. Requests of keys with no limits and no budget pass untouched (no
-//! token counting, no headers).
+//! for a spent budget. Requests of keys with no limits and no budget are only booked (their
+//! usage and cost, for the admin API): no token counting, no headers, no round trip before
+//! the call.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -123,6 +124,7 @@ fn plan(ctx: &RequestContext, call: &Call) -> Plan {
     };
     let mut plan = Plan::default();
     for (scope, limits, per_model, budget) in scopes {
+        plan.accounts.push(Arc::from(scope.as_str()));
         add_limits(&mut plan, &scope, limits, tokens);
         if let Some(per_model) = per_model {
             add_limits(
