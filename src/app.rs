@@ -30,9 +30,9 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -40,6 +40,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::GatewayError;
 use crate::headers::REQUEST_ID;
+use crate::http::admin::{self, Listener};
 use crate::http::{handlers, hygiene, request_id::MakeId};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -73,22 +74,17 @@ impl App {
 /// comes from the request's config snapshot, so a reload never rebuilds this stack.
 pub fn pipeline(shared: &Shared) -> Pipeline {
     let stack = ServiceBuilder::new()
-        .layer(AuthLayer)
+        .layer(AuthLayer::new(shared.keys.clone()))
         .layer(RouteLayer)
         .layer(LimitsLayer::new(shared.limiter.clone()))
         .service(Dispatch);
     BoxCloneSyncService::new(stack)
 }
 
-/// The HTTP application: routes, then the edge layers (outermost first).
+/// The public listener's application: the OpenAI API, probes, metrics, and the admin API
+/// (which answers only if the config puts it on this listener).
 pub fn router(app: App) -> Router {
-    let edge = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .map_request(hygiene::strip_request)
-        .map_response(hygiene::strip_response);
-    Router::new()
+    let routes = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
@@ -96,6 +92,25 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .merge(admin::routes())
+        .layer(Extension(Listener::Public));
+    with_edge(routes, app)
+}
+
+/// The admin listener's application: the admin API only.
+pub fn admin_router(app: App) -> Router {
+    with_edge(admin::routes().layer(Extension(Listener::Admin)), app)
+}
+
+/// Routes, then the edge layers (outermost first).
+fn with_edge(routes: Router<App>, app: App) -> Router {
+    let edge = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .map_request(hygiene::strip_request)
+        .map_response(hygiene::strip_response);
+    routes
         .fallback(handlers::unknown_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(edge)

@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::schema::{AuthConfig, BudgetConfig, LimitConfig};
+use crate::config::schema::{AuthConfig, BudgetConfig, KeyConfig, LimitConfig};
 use crate::error::GatewayError;
 
 /// The development key the default config ships with (documented in the README).
@@ -86,33 +86,47 @@ impl Key {
     }
 }
 
-/// The keys a config defines, by hash.
+/// Keys by hash, with the teams they may belong to: the keys a config defines, or the keys
+/// created through the admin API (see `key_store.rs`).
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_hash: HashMap<KeyHash, Arc<Key>>,
+    teams: Teams,
 }
+
+/// Teams by name.
+pub type Teams = HashMap<Arc<str>, Arc<Team>>;
 
 impl KeyTable {
     /// Built from a validated config (hashes, teams and times are known to be well formed).
     pub fn build(config: &AuthConfig) -> Self {
-        let teams: HashMap<&str, Arc<Team>> = config
+        let teams = config
             .teams
             .iter()
             .map(|(name, team)| {
+                let name: Arc<str> = Arc::from(name.as_str());
                 let team = Team {
-                    name: Arc::from(name.as_str()),
+                    name: name.clone(),
                     models: team.models.clone(),
                     metadata: team.metadata.clone(),
                     limits: team.limits,
                     model_limits: team.model_limits.clone(),
                     budget: team.budget,
                 };
-                (name.as_str(), Arc::new(team))
+                (name, Arc::new(team))
             })
             .collect();
-        let by_hash = config
-            .keys
-            .iter()
+        Self::with_teams(&config.keys, teams)
+    }
+
+    /// `keys` (validated), belonging to `teams`. A key whose team is not among them is
+    /// left out: it must not escape its team's limits.
+    pub fn with_teams<'a>(
+        keys: impl IntoIterator<Item = (&'a String, &'a KeyConfig)>,
+        teams: Teams,
+    ) -> Self {
+        let by_hash = keys
+            .into_iter()
             .filter_map(|(name, key)| {
                 let hash = parse_hex(&key.sha256.to_ascii_lowercase())?;
                 let expires_at = key
@@ -122,7 +136,10 @@ impl KeyTable {
                 let key = Key {
                     name: Arc::from(name.as_str()),
                     hash,
-                    team: key.team.as_deref().and_then(|t| teams.get(t).cloned()),
+                    team: match &key.team {
+                        Some(team) => Some(teams.get(team.as_str())?.clone()),
+                        None => None,
+                    },
                     models: key.models.clone(),
                     enabled: key.enabled,
                     expires_at,
@@ -134,7 +151,20 @@ impl KeyTable {
                 Some((hash, Arc::new(key)))
             })
             .collect();
-        Self { by_hash }
+        Self { by_hash, teams }
+    }
+
+    pub fn teams(&self) -> &Teams {
+        &self.teams
+    }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<Key>> {
+        self.by_hash.values()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Key>> {
+        self.keys().find(|key| &*key.name == name)
     }
 
     /// Whether the well-known development key is accepted.
@@ -142,21 +172,55 @@ impl KeyTable {
         self.by_hash.contains_key(&hash_key(DEV_KEY))
     }
 
-    /// The key presented in `headers`, if it is known, enabled and not expired.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Key>, GatewayError> {
-        let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
-        let hash = hash_key(presented);
-        let key = self
-            .by_hash
-            .get(&hash)
-            .filter(|key| bool::from(key.hash.ct_eq(&hash)))
-            .ok_or(GatewayError::InvalidKey)?;
-        let expired = key.expires_at.is_some_and(|at| at <= SystemTime::now());
-        if !key.enabled || expired {
-            return Err(GatewayError::InvalidKey);
-        }
-        Ok(key.clone())
+    /// The key with this hash, found by lookup and confirmed in constant time.
+    fn find(&self, hash: &KeyHash) -> Option<&Arc<Key>> {
+        self.by_hash
+            .get(hash)
+            .filter(|key| bool::from(key.hash.ct_eq(hash)))
     }
+}
+
+/// The key presented in `headers`, from the first table that has it, if it is enabled and
+/// not expired. A `None` table could not be loaded (its store is unreachable): a key found
+/// nowhere else is then unavailable rather than unknown.
+pub fn authenticate(
+    headers: &HeaderMap,
+    tables: &[Option<&KeyTable>],
+) -> Result<Arc<Key>, GatewayError> {
+    let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
+    let hash = hash_key(presented);
+    let mut unloaded = false;
+    let key = tables
+        .iter()
+        .find_map(|table| match table {
+            Some(table) => table.find(&hash),
+            None => {
+                unloaded = true;
+                None
+            }
+        })
+        .ok_or(if unloaded {
+            GatewayError::KeyStoreUnavailable
+        } else {
+            GatewayError::InvalidKey
+        })?;
+    let expired = key.expires_at.is_some_and(|at| at <= SystemTime::now());
+    if !key.enabled || expired {
+        return Err(GatewayError::InvalidKey);
+    }
+    Ok(key.clone())
+}
+
+/// Whether `headers` present the key whose SHA-256 is `sha256` (hex), compared in constant
+/// time (the admin key).
+pub fn presents(headers: &HeaderMap, sha256: &str) -> bool {
+    let (Some(presented), Some(expected)) = (
+        presented_key(headers),
+        parse_hex(&sha256.to_ascii_lowercase()),
+    ) else {
+        return false;
+    };
+    bool::from(hash_key(presented).ct_eq(&expected))
 }
 
 /// `Authorization: Bearer <key>` (the OpenAI SDKs), or `x-api-key` / `api-key` (clients
@@ -214,6 +278,12 @@ mod tests {
         KeyTable::build(&config)
     }
 
+    impl KeyTable {
+        fn auth(&self, headers: &HeaderMap) -> Result<Arc<Key>, GatewayError> {
+            authenticate(headers, &[Some(self)])
+        }
+    }
+
     fn headers(name: &str, value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -227,11 +297,11 @@ mod tests {
     fn authenticates_known_enabled_unexpired_keys() {
         let table = table();
         let key = table
-            .authenticate(&headers("authorization", "Bearer sk-sy-a"))
+            .auth(&headers("authorization", "Bearer sk-sy-a"))
             .unwrap();
         assert_eq!(&*key.name, "a");
-        assert!(table.authenticate(&headers("x-api-key", "sk-sy-a")).is_ok());
-        let err = |h| table.authenticate(&h).unwrap_err().label();
+        assert!(table.auth(&headers("x-api-key", "sk-sy-a")).is_ok());
+        let err = |h| table.auth(&h).unwrap_err().label();
         assert_eq!(err(HeaderMap::new()), "missing_key");
         assert_eq!(
             err(headers("authorization", "Bearer sk-sy-nope")),
@@ -255,7 +325,7 @@ mod tests {
     fn both_key_and_team_restrict_models() {
         let table = table();
         let key = table
-            .authenticate(&headers("authorization", "Bearer sk-sy-a"))
+            .auth(&headers("authorization", "Bearer sk-sy-a"))
             .unwrap();
         assert!(key.allows("small"));
         assert!(!key.allows("big"), "the key's own list is narrower");

@@ -60,6 +60,18 @@ pub enum GatewayError {
     /// The shared rate-limit store is down and the deployment fails closed.
     #[error("the rate-limit store is unavailable")]
     LimitsUnavailable,
+    /// The key may have been created through the admin API, but the shared key store has
+    /// not been reachable since this replica started.
+    #[error("the key store is unavailable; retry shortly")]
+    KeyStoreUnavailable,
+
+    // ---- the admin API
+    #[error("this route needs the admin key: send it as 'Authorization: Bearer <admin key>'")]
+    AdminKeyRequired,
+    #[error("no {kind} named '{name}'")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
 
     // ---- the gateway cannot serve this model right now (configuration)
     #[error("the model '{model}' has no usable provider: {reason}")]
@@ -112,11 +124,15 @@ impl GatewayError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
-            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::MissingKey | Self::InvalidKey | Self::AdminKeyRequired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoUsableTarget { .. } | Self::LimitsUnavailable => {
+            Self::NoUsableTarget { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Upstream(upstream) => upstream.status,
@@ -147,6 +163,10 @@ impl GatewayError {
             Self::RateLimited { .. } => "rate_limited",
             Self::OverBudget { .. } => "over_budget",
             Self::LimitsUnavailable => "limits_unavailable",
+            Self::KeyStoreUnavailable => "key_store_unavailable",
+            Self::AdminKeyRequired => "admin_key_required",
+            Self::NotFound { .. } => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::NoUsableTarget { .. } => "no_usable_target",
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
@@ -165,7 +185,7 @@ impl GatewayError {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
             }
             Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
-            Self::RateLimited { .. } | Self::LimitsUnavailable => true,
+            Self::RateLimited { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => true,
             _ => false,
         }
     }
@@ -214,6 +234,10 @@ impl GatewayError {
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::OverBudget { .. } => Some("insufficient_quota"),
             Self::LimitsUnavailable => Some("limits_unavailable"),
+            Self::KeyStoreUnavailable => Some("key_store_unavailable"),
+            Self::AdminKeyRequired => Some("invalid_admin_key"),
+            Self::NotFound { .. } => Some("not_found"),
+            Self::Conflict(_) => Some("conflict"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),

@@ -1,11 +1,12 @@
-//! Starting and stopping a gateway: config store, app, listener, reload watcher. The
-//! binary and the integration tests start gateways the same way.
+//! Starting and stopping a gateway: config store, app, listeners (public, and admin when
+//! configured), reload watcher, the follower of keys shared through Redis. The binary and
+//! the integration tests start gateways the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{self, App};
@@ -35,40 +36,47 @@ pub enum StartError {
 /// A gateway serving in the background.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub store: Arc<ConfigStore>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-    watcher: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    /// Reload watcher, key follower: stopped at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
-    /// Loads the config, binds the listener and starts serving.
+    /// Loads the config, binds the listeners and starts serving.
     pub async fn start(options: GatewayOptions) -> Result<Self, StartError> {
         let store = Arc::new(ConfigStore::open(options.config)?);
         let snapshot = store.current();
-        let addr = options.listen.unwrap_or(snapshot.server.listen);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let watcher = reload::watch(store.clone()).map_err(StartError::Watch)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let router = app::router(App::new(store.clone()));
-        let options = ServerOptions {
-            header_read_timeout: snapshot.server.header_read_timeout,
+        let public = bind(options.listen.unwrap_or(snapshot.server.listen)).await?;
+        let admin = match snapshot.admin.as_ref().and_then(|a| a.listen) {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
         };
-        let grace_store = store.clone();
-        let server = tokio::spawn(server::serve(
-            listener,
-            router,
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-            move || grace_store.current().server.shutdown_grace,
-        ));
+        let mut background = vec![reload::watch(store.clone()).map_err(StartError::Watch)?];
+        background.extend(store.shared().keys.follow());
+        let (stop, stopped) = watch::channel(false);
+        let app = App::new(store.clone());
+        let (addr, public) = public;
+        let mut servers = vec![spawn_server(
+            public,
+            app::router(app.clone()),
+            &store,
+            &stopped,
+        )];
+        // The admin address is logged first: "switchyard listening" means all are up.
+        let admin_addr = admin.map(|(admin_addr, listener)| {
+            servers.push(spawn_server(
+                listener,
+                app::admin_router(app),
+                &store,
+                &stopped,
+            ));
+            tracing::info!(addr = %admin_addr, "admin API listening");
+            admin_addr
+        });
         tracing::info!(%addr, config = %store.source(), "switchyard listening");
         if snapshot.keys.has_dev_key() {
             tracing::warn!(
@@ -78,22 +86,57 @@ impl Gateway {
         }
         Ok(Self {
             addr,
+            admin_addr,
             store,
-            stop: Some(stop),
-            server,
-            watcher,
+            stop,
+            servers,
+            background,
         })
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, returns
     /// when done.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in &self.background {
+            task.abort();
         }
-        self.watcher.abort();
-        let _ = (&mut self.server).await;
+        for server in self.servers {
+            let _ = server.await;
+        }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(SocketAddr, TcpListener), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((addr, listener))
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    router: axum::Router,
+    store: &Arc<ConfigStore>,
+    stopped: &watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let options = ServerOptions {
+        header_read_timeout: store.current().server.header_read_timeout,
+    };
+    let grace_store = store.clone();
+    let mut stopped = stopped.clone();
+    tokio::spawn(server::serve(
+        listener,
+        router,
+        options,
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+        move || grace_store.current().server.shutdown_grace,
+    ))
 }
 
 /// Resolves on SIGTERM or SIGINT.

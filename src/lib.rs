@@ -1,5 +1,6 @@
 //! Switchyard: an OpenAI-compatible LLM gateway. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod http;
+pub mod key_store;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;

@@ -44,6 +44,7 @@ impl ConfigStore {
             }],
         })?;
         let snapshot = build_from(&source, raw, &shared)?;
+        shared.keys.set_teams(snapshot.keys.teams().clone());
         Ok(Self {
             source,
             shared: Arc::new(shared),
@@ -77,6 +78,10 @@ impl ConfigStore {
                         "server.listen changed; it takes effect at the next restart"
                     );
                 }
+                let admin_listen = |s: &Snapshot| s.admin.as_ref().and_then(|a| a.listen);
+                if admin_listen(&old) != admin_listen(&snapshot) {
+                    tracing::warn!("admin.listen changed; it takes effect at the next restart");
+                }
                 if (old.limits.backend, &old.limits.redis)
                     != (snapshot.limits.backend, &snapshot.limits.redis)
                 {
@@ -84,6 +89,7 @@ impl ConfigStore {
                         "limits.backend or limits.redis changed; the limit store changes at the next restart"
                     );
                 }
+                self.shared.keys.set_teams(snapshot.keys.teams().clone());
                 self.current.store(Arc::new(snapshot));
                 tracing::info!(source = %self.source, "config reloaded");
                 Ok(())

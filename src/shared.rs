@@ -1,10 +1,11 @@
 //! State that outlives config reloads: built once at start, handed to every snapshot
-//! build: connection pools, rate-limit and budget state; breaker state joins them with the
-//! resilience layer.
+//! build: connection pools, rate-limit and budget state, the keys created through the admin
+//! API; breaker state joins them with the resilience layer.
 
 use std::sync::Arc;
 
 use crate::config::schema::LimitsSettings;
+use crate::key_store::KeyStore;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
@@ -14,10 +15,12 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub http: HttpClients,
     pub limiter: Arc<Limiter>,
+    pub keys: Arc<KeyStore>,
 }
 
 impl Shared {
-    /// The state a gateway starts with: its limit store is the one `limits` asks for.
+    /// The state a gateway starts with: its limit and key stores are the ones `limits`
+    /// asks for.
     pub fn new(limits: &LimitsSettings) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
         let limiter = Limiter::new(limits, metrics.clone())?;
@@ -25,6 +28,7 @@ impl Shared {
             metrics,
             http: HttpClients::default(),
             limiter: Arc::new(limiter),
+            keys: Arc::new(KeyStore::new(limits)?),
         })
     }
 }

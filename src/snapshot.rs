@@ -9,7 +9,8 @@ use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
 use crate::config::schema::{
-    LimitsSettings, ProviderConfig, ProviderKind, ProviderTimeouts, ServerConfig,
+    AdminConfig, AuthConfig, LimitsSettings, ProviderConfig, ProviderKind, ProviderTimeouts,
+    ServerConfig,
 };
 use crate::config::{ConfigError, RawConfig};
 use crate::pricing::PriceTable;
@@ -22,6 +23,9 @@ pub struct Snapshot {
     pub models: IndexMap<Arc<str>, Arc<ModelRoute>>,
     /// The virtual keys the config defines.
     pub keys: KeyTable,
+    /// The same keys and their teams as written (for the admin API).
+    pub auth: AuthConfig,
+    pub admin: Option<AdminConfig>,
     pub prices: PriceTable,
     pub limits: LimitsSettings,
 }
@@ -125,6 +129,8 @@ impl Snapshot {
         })?;
         Ok(Self {
             keys: KeyTable::build(&raw.auth),
+            auth: raw.auth,
+            admin: raw.admin,
             prices,
             limits: raw.limits,
             server: raw.server,

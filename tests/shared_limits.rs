@@ -10,18 +10,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::SseReader;
-use common::process::GatewayProcess;
+use common::process::{GatewayProcess, Replicas};
 use common::redis::RedisServer;
 use serde_json::{Value, json};
 use switchyard::auth::{hash_key, hex};
 
 const KEY: &str = "sk-sy-shared-limits-0123456789ab";
-
-struct Replicas {
-    a: GatewayProcess,
-    b: GatewayProcess,
-    _dir: tempfile::TempDir,
-}
 
 /// Two gateways on `redis`, one key with `settings` (YAML flow map contents).
 fn replicas(redis: &RedisServer, latency: &str, settings: &str) -> Replicas {
@@ -44,14 +38,7 @@ auth:
         redis.url(),
         hex(&hash_key(KEY)),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
-    Replicas {
-        a: GatewayProcess::start(&path),
-        b: GatewayProcess::start(&path),
-        _dir: dir,
-    }
+    Replicas::start(&config)
 }
 
 async fn ask(gateway: &GatewayProcess, body: &Value) -> reqwest::Response {

@@ -4,7 +4,7 @@
 
 mod interpolate;
 pub mod schema;
-mod validate;
+pub mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

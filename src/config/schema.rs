@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use indexmap::IndexMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +32,23 @@ pub struct RawConfig {
     /// How rate limits and budgets are kept.
     #[serde(default)]
     pub limits: LimitsSettings,
+    /// The admin API (keys, usage and spend). Off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Lower-case hex SHA-256 of the admin key (`switchyard new-key`, then `hash-key`).
+    pub key_sha256: String,
+    /// Address of the admin listener, for example 127.0.0.1:8081. [restart]
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Also serve `/admin/...` on the public listener (off by default: keep the admin
+    /// API off the network clients reach).
+    #[serde(default)]
+    pub on_public_listener: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,7 +116,7 @@ pub enum OnFailure {
 }
 
 /// Rate limits of a key, a team, or a key or team on one model.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Requests per minute (GCRA: a burst of up to this many, then one every 60/rpm s).
@@ -116,7 +133,7 @@ pub struct LimitConfig {
 
 /// Spending limits in USD, reserved before the call at the request's most expensive
 /// outcome and settled with its real cost.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// Per UTC day.
@@ -160,10 +177,13 @@ pub struct AuthConfig {
     pub teams: IndexMap<String, TeamConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A virtual key: in the config file, or created through the admin API (which stores the
+/// same shape in Redis, or in memory with the memory backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Lower-case hex SHA-256 of the key: the key itself is never written down.
+    #[serde(default)]
     pub sha256: String,
     /// The team this key belongs to.
     #[serde(default)]
@@ -188,7 +208,7 @@ pub struct KeyConfig {
     pub budget: BudgetConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
     /// Public models the team's keys may use (default: all).

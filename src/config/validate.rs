@@ -7,8 +7,8 @@ use http::{HeaderName, HeaderValue};
 
 use super::ConfigError;
 use super::schema::{
-    BudgetConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig, ProviderConfig, ProviderKind,
-    RawConfig,
+    AdminConfig, BudgetConfig, KeyConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig,
+    ProviderConfig, ProviderKind, RawConfig,
 };
 use crate::headers::HOP_BY_HOP;
 
@@ -47,23 +47,20 @@ fn validate_limits_settings(config: &RawConfig, errors: &mut Errors) {
 }
 
 fn validate_auth(config: &RawConfig, errors: &mut Errors) {
-    let known_models = |path: String, models: &Option<Vec<String>>, errors: &mut Errors| {
-        for (i, model) in models.iter().flatten().enumerate() {
-            if model != "*" && !config.models.contains_key(model) {
-                errors.push(format!("{path}[{i}]"), format!("unknown model {model:?}"));
-            }
-        }
+    let names = Names {
+        model: &|model| config.models.contains_key(model),
+        team: &|team| config.auth.teams.contains_key(team),
     };
     for (name, team) in &config.auth.teams {
         let path = format!("auth.teams.{name}");
         validate_name(&path, name, errors);
-        known_models(format!("{path}.models"), &team.models, errors);
+        names.known_models(&format!("{path}.models"), &team.models, errors);
         validate_limits(
             &path,
             &team.limits,
             &team.model_limits,
             &team.budget,
-            config,
+            &names,
             errors,
         );
     }
@@ -80,28 +77,81 @@ fn validate_auth(config: &RawConfig, errors: &mut Errors) {
         } else if !hashes.insert(key.sha256.to_ascii_lowercase()) {
             errors.push(format!("{path}.sha256"), "another key has the same hash");
         }
-        if let Some(team) = &key.team
-            && !config.auth.teams.contains_key(team)
-        {
-            errors.push(format!("{path}.team"), format!("unknown team {team:?}"));
-        }
-        known_models(format!("{path}.models"), &key.models, errors);
-        validate_limits(
-            &path,
-            &key.limits,
-            &key.model_limits,
-            &key.budget,
-            config,
-            errors,
+        validate_key_settings(&path, key, &names, errors);
+    }
+    if let Some(admin) = &config.admin {
+        validate_admin(admin, errors);
+    }
+}
+
+fn validate_admin(admin: &AdminConfig, errors: &mut Errors) {
+    let hex =
+        admin.key_sha256.len() == 64 && admin.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        errors.push(
+            "admin.key_sha256",
+            "expected 64 hex digits (switchyard hash-key prints them)",
         );
-        if let Some(at) = &key.expires_at
-            && humantime::parse_rfc3339_weak(at).is_err()
-        {
-            errors.push(
-                format!("{path}.expires_at"),
-                format!("expected an RFC 3339 time such as 2027-01-01T00:00:00Z, got {at:?}"),
-            );
+    }
+    if admin.listen.is_none() && !admin.on_public_listener {
+        errors.push(
+            "admin",
+            "expected `listen` (an address for the admin API) or `on_public_listener: true`",
+        );
+    }
+}
+
+/// The names a key may refer to.
+pub struct Names<'a> {
+    pub model: &'a dyn Fn(&str) -> bool,
+    pub team: &'a dyn Fn(&str) -> bool,
+}
+
+impl Names<'_> {
+    fn known_models(&self, path: &str, models: &Option<Vec<String>>, errors: &mut Errors) {
+        for (i, model) in models.iter().flatten().enumerate() {
+            if model != "*" && !(self.model)(model) {
+                errors.push(format!("{path}[{i}]"), format!("unknown model {model:?}"));
+            }
         }
+    }
+}
+
+/// Problems with a key created or changed through the admin API (its hash is generated);
+/// paths are relative to the key.
+pub fn key_errors(name: &str, key: &KeyConfig, names: &Names<'_>) -> Vec<ConfigError> {
+    let mut errors = Errors::default();
+    validate_name("name", name, &mut errors);
+    validate_key_settings("", key, names, &mut errors);
+    for error in &mut errors.0 {
+        error.path = error.path.trim_start_matches('.').to_owned();
+    }
+    errors.0
+}
+
+/// Everything about a key but its hash.
+fn validate_key_settings(path: &str, key: &KeyConfig, names: &Names<'_>, errors: &mut Errors) {
+    if let Some(team) = &key.team
+        && !(names.team)(team)
+    {
+        errors.push(format!("{path}.team"), format!("unknown team {team:?}"));
+    }
+    names.known_models(&format!("{path}.models"), &key.models, errors);
+    validate_limits(
+        path,
+        &key.limits,
+        &key.model_limits,
+        &key.budget,
+        names,
+        errors,
+    );
+    if let Some(at) = &key.expires_at
+        && humantime::parse_rfc3339_weak(at).is_err()
+    {
+        errors.push(
+            format!("{path}.expires_at"),
+            format!("expected an RFC 3339 time such as 2027-01-01T00:00:00Z, got {at:?}"),
+        );
     }
 }
 
@@ -138,7 +188,7 @@ fn validate_limits(
     limits: &LimitConfig,
     model_limits: &indexmap::IndexMap<String, LimitConfig>,
     budget: &BudgetConfig,
-    config: &RawConfig,
+    names: &Names<'_>,
     errors: &mut Errors,
 ) {
     let check = |path: &str, limits: &LimitConfig, errors: &mut Errors| {
@@ -159,7 +209,7 @@ fn validate_limits(
     check(&format!("{path}.limits"), limits, errors);
     for (model, limits) in model_limits {
         let model_path = format!("{path}.model_limits.{model}");
-        if !config.models.contains_key(model) {
+        if !(names.model)(model) {
             errors.push(&model_path, format!("unknown model {model:?}"));
         }
         check(&model_path, limits, errors);

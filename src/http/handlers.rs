@@ -125,7 +125,7 @@ fn respond(reply: Reply, record: &Arc<RequestRecord>, hide_usage: bool) -> Respo
     }
 }
 
-fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response {
     let mut response = (status, body.into()).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -135,7 +135,7 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response {
 }
 
 /// The id `SetRequestIdLayer` guaranteed: the client's `x-request-id`, or a new one.
-fn request_id(request: &Request) -> Arc<str> {
+pub(crate) fn request_id(request: &Request) -> Arc<str> {
     let id = request.extensions().get::<RequestId>();
     let text = id.map(|id| String::from_utf8_lossy(id.header_value().as_bytes()));
     Arc::from(text.as_deref().unwrap_or("unknown"))
@@ -144,7 +144,12 @@ fn request_id(request: &Request) -> Arc<str> {
 /// The models the calling key may use and that can be served.
 pub async fn list_models(State(app): State<App>, request: Request) -> Response {
     let snapshot = app.store.current();
-    let key = match snapshot.keys.authenticate(request.headers()) {
+    let key = match app
+        .store
+        .shared()
+        .keys
+        .authenticate(&snapshot, request.headers())
+    {
         Ok(key) => key,
         Err(error) => return error.into_http(&request_id(&request)),
     };

@@ -46,6 +46,16 @@ pub enum Check {
     },
 }
 
+/// The scope a key's limits, budgets and usage are kept under.
+pub fn key_scope(name: &str) -> String {
+    format!("key '{name}'")
+}
+
+/// The scope a team's limits, budgets and usage are kept under.
+pub fn team_scope(name: &str) -> String {
+    format!("team '{name}'")
+}
+
 /// A budget's accounting period, in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
@@ -279,7 +289,7 @@ impl Limiter {
         }
     }
 
-    /// Usage of a scope (`key 'name'` or `team 'name'`) today, this month and in total.
+    /// Usage of a scope ([`key_scope`], [`team_scope`]) today, this month and in total.
     pub async fn usage(&self, scope: &str) -> Result<[Usage; 3], StoreUnavailable> {
         match &self.shared {
             Some(shared) => tokio::time::timeout(shared.timeout, shared.redis.usage(scope))

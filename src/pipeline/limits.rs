@@ -20,7 +20,7 @@ use super::{Call, GatewayRequest};
 use crate::config::schema::{BudgetConfig, LimitConfig};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::limits::{Check, Limiter, Period, Plan, Rejection, tokens};
+use crate::limits::{Check, Limiter, Period, Plan, Rejection, key_scope, team_scope, tokens};
 use crate::stream::Reply;
 
 #[derive(Clone)]
@@ -101,14 +101,14 @@ fn plan(ctx: &RequestContext, call: &Call) -> Plan {
     };
     let model = &*route.name;
     let mut scopes: Vec<(String, &LimitConfig, Option<&LimitConfig>, &BudgetConfig)> = vec![(
-        format!("key '{}'", key.name),
+        key_scope(&key.name),
         &key.limits,
         key.model_limits.get(model),
         &key.budget,
     )];
     if let Some(team) = &key.team {
         scopes.push((
-            format!("team '{}'", team.name),
+            team_scope(&team.name),
             &team.limits,
             team.model_limits.get(model),
             &team.budget,

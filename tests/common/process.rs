@@ -11,6 +11,8 @@ use serde_json::Value;
 pub struct GatewayProcess {
     pub child: Child,
     pub url: String,
+    /// The admin listener, when the config has one.
+    pub admin_url: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -27,12 +29,18 @@ impl GatewayProcess {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut admin_url = None;
         let addr = loop {
             let line = lines.next().expect("the gateway logs its address").unwrap();
             logs.lock().unwrap().push(line.clone());
             let entry: Value = serde_json::from_str(&line).unwrap_or_default();
-            if let Some(addr) = entry["fields"]["addr"].as_str() {
-                break addr.to_owned();
+            let fields = &entry["fields"];
+            match (fields["message"].as_str(), fields["addr"].as_str()) {
+                (Some("admin API listening"), Some(addr)) => {
+                    admin_url = Some(format!("http://{addr}"))
+                }
+                (Some("switchyard listening"), Some(addr)) => break addr.to_owned(),
+                _ => {}
             }
         };
         // Keep reading so the process never blocks on a full pipe.
@@ -45,6 +53,7 @@ impl GatewayProcess {
         Self {
             child,
             url: format!("http://{addr}"),
+            admin_url,
             logs,
         }
     }
@@ -75,6 +84,26 @@ impl GatewayProcess {
         text.lines()
             .find(|l| l.starts_with(line_start))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+/// Two gateway processes on one config file.
+pub struct Replicas {
+    pub a: GatewayProcess,
+    pub b: GatewayProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, config).unwrap();
+        Self {
+            a: GatewayProcess::start(&path),
+            b: GatewayProcess::start(&path),
+            _dir: dir,
+        }
     }
 }
 

@@ -1,0 +1,358 @@
+//! Keys created through the admin API, next to the keys of the config file.
+//!
+//! With the memory backend they live in this process (and are gone at restart). With the
+//! Redis backend they live in one Redis hash, `<prefix>keys` (name → the key's settings as
+//! JSON, hash included, never the key), beside a version counter `<prefix>keys:version`
+//! that every change increments in the same script. Each replica polls the counter every
+//! [`POLL`] and reloads the hash when it moved, so a key created or revoked on one replica
+//! is honoured by all within about that long, while authentication itself stays an
+//! in-memory lookup (no Redis call per request, none for unknown keys).
+//!
+//! Until a replica has read the hash once, a key it does not know might be one the hash
+//! holds: such requests get 503 `key_store_unavailable` rather than a misleading 401.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderMap;
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{self, Key, KeyTable, Teams};
+use crate::config::schema::{KeyConfig, LimitsBackend, LimitsSettings};
+use crate::error::GatewayError;
+use crate::snapshot::Snapshot;
+
+/// How often a replica checks for keys changed elsewhere.
+pub const POLL: Duration = Duration::from_millis(250);
+/// Longest wait for one call to the shared key store.
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A key created through the admin API, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredKey {
+    /// RFC 3339.
+    pub created_at: String,
+    #[serde(flatten)]
+    pub key: KeyConfig,
+}
+
+/// Admin-created keys by name.
+pub type Records = BTreeMap<String, StoredKey>;
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("a key named '{0}' already exists")]
+    Exists(String),
+    #[error("no key named '{0}' was created through the admin API")]
+    NotFound(String),
+    #[error("the shared key store (Redis) did not answer")]
+    Unavailable,
+}
+
+impl From<ChangeError> for GatewayError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::Exists(_) => Self::Conflict(error.to_string()),
+            ChangeError::NotFound(name) => Self::NotFound { kind: "key", name },
+            ChangeError::Unavailable => Self::KeyStoreUnavailable,
+        }
+    }
+}
+
+enum Change<'a> {
+    Create(&'a StoredKey),
+    Update(&'a StoredKey),
+    Delete,
+}
+
+pub struct KeyStore {
+    redis: Option<RedisKeys>,
+    /// `None` until the shared store was read once.
+    records: ArcSwapOption<Records>,
+    /// The teams of the current config, which admin-created keys may belong to.
+    teams: ArcSwap<Teams>,
+    /// Built from `records` and `teams`.
+    table: ArcSwapOption<KeyTable>,
+    /// Serialises rebuilds and local changes (both rare).
+    writing: Mutex<()>,
+    /// The version of the shared hash `records` was read at.
+    version: AtomicI64,
+    reachable: AtomicBool,
+}
+
+impl Default for KeyStore {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}
+
+impl KeyStore {
+    /// The store `settings` ask for. [restart]
+    pub fn new(settings: &LimitsSettings) -> Result<Self, String> {
+        match (&settings.backend, &settings.redis) {
+            (LimitsBackend::Redis, Some(redis)) => Ok(Self {
+                redis: Some(RedisKeys::new(&redis.url, &redis.key_prefix)?),
+                records: ArcSwapOption::empty(),
+                table: ArcSwapOption::empty(),
+                ..Self::in_memory()
+            }),
+            _ => Ok(Self::in_memory()),
+        }
+    }
+
+    fn in_memory() -> Self {
+        Self {
+            redis: None,
+            records: ArcSwapOption::from_pointee(Records::new()),
+            teams: ArcSwap::default(),
+            table: ArcSwapOption::from_pointee(KeyTable::default()),
+            writing: Mutex::default(),
+            version: AtomicI64::new(-1),
+            reachable: AtomicBool::new(true),
+        }
+    }
+
+    /// The key presented in `headers`: from the config first, then from the admin API.
+    pub fn authenticate(
+        &self,
+        snapshot: &Snapshot,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Key>, GatewayError> {
+        let created = self.table.load();
+        auth::authenticate(headers, &[Some(&snapshot.keys), created.as_deref()])
+    }
+
+    /// The admin-created keys as last read, `None` if the shared store was never read.
+    pub fn records(&self) -> Option<Arc<Records>> {
+        self.records.load_full()
+    }
+
+    /// The admin-created keys as runtime keys (with their teams).
+    pub fn table(&self) -> Option<Arc<KeyTable>> {
+        self.table.load_full()
+    }
+
+    /// The config changed: admin-created keys now belong to these teams.
+    pub fn set_teams(&self, teams: Teams) {
+        let _writing = lock(&self.writing);
+        self.teams.store(Arc::new(teams));
+        self.rebuild();
+    }
+
+    pub async fn create(&self, name: &str, key: &StoredKey) -> Result<(), ChangeError> {
+        self.change(name, Change::Create(key)).await
+    }
+
+    pub async fn update(&self, name: &str, key: &StoredKey) -> Result<(), ChangeError> {
+        self.change(name, Change::Update(key)).await
+    }
+
+    pub async fn revoke(&self, name: &str) -> Result<(), ChangeError> {
+        self.change(name, Change::Delete).await
+    }
+
+    async fn change(&self, name: &str, change: Change<'_>) -> Result<(), ChangeError> {
+        let Some(redis) = &self.redis else {
+            return self.change_locally(name, &change);
+        };
+        let applied = tokio::time::timeout(TIMEOUT, redis.change(name, &change))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(ChangeError::Unavailable)?;
+        if !applied {
+            return Err(match change {
+                Change::Create(_) => ChangeError::Exists(name.to_owned()),
+                Change::Update(_) | Change::Delete => ChangeError::NotFound(name.to_owned()),
+            });
+        }
+        // This replica sees its own change at once; the others at their next poll.
+        self.refresh().await;
+        Ok(())
+    }
+
+    fn change_locally(&self, name: &str, change: &Change<'_>) -> Result<(), ChangeError> {
+        let _writing = lock(&self.writing);
+        let mut records = self
+            .records
+            .load_full()
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
+        let exists = records.contains_key(name);
+        match change {
+            Change::Create(_) if exists => return Err(ChangeError::Exists(name.to_owned())),
+            Change::Update(_) | Change::Delete if !exists => {
+                return Err(ChangeError::NotFound(name.to_owned()));
+            }
+            Change::Create(key) | Change::Update(key) => {
+                records.insert(name.to_owned(), (*key).clone());
+            }
+            Change::Delete => {
+                records.remove(name);
+            }
+        }
+        self.records.store(Some(Arc::new(records)));
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Keeps this replica's view of the shared keys current, until the runtime stops or
+    /// the handle is aborted. `None` with the memory backend (nothing to follow).
+    pub fn follow(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.redis.as_ref()?;
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                store.refresh().await;
+            }
+        }))
+    }
+
+    /// Reads the shared keys if their version moved.
+    async fn refresh(&self) {
+        let Some(redis) = &self.redis else { return };
+        let seen = self.version.load(Ordering::Acquire);
+        let read = tokio::time::timeout(TIMEOUT, redis.read_if_changed(seen)).await;
+        match read {
+            Ok(Ok(None)) => self.reached(),
+            Ok(Ok(Some((version, records)))) => {
+                self.reached();
+                let _writing = lock(&self.writing);
+                // A slower concurrent read must not replace a newer one.
+                if version >= self.version.load(Ordering::Acquire) {
+                    self.version.store(version, Ordering::Release);
+                    self.records.store(Some(Arc::new(records)));
+                    self.rebuild();
+                }
+            }
+            Ok(Err(error)) => self.unreached(&error.to_string()),
+            Err(_) => self.unreached("no answer within the timeout"),
+        }
+    }
+
+    fn reached(&self) {
+        if !self.reachable.swap(true, Ordering::Relaxed) {
+            tracing::warn!("the shared key store (Redis) is back: admin key changes apply again");
+        }
+    }
+
+    fn unreached(&self, error: &str) {
+        if self.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                %error,
+                "the shared key store (Redis) is unavailable: admin-created keys are served as last read, changes made elsewhere are not seen"
+            );
+        }
+    }
+
+    /// Rebuilds the table; the caller holds `writing`.
+    fn rebuild(&self) {
+        let Some(records) = self.records.load_full() else {
+            return;
+        };
+        let teams = self.teams.load_full();
+        for (name, record) in records.iter() {
+            if let Some(team) = &record.key.team
+                && !teams.contains_key(team.as_str())
+            {
+                tracing::warn!(key = %name, %team, "a key created through the admin API belongs to a team the config no longer has: it is refused until the team is back");
+            }
+        }
+        let keys = records.iter().map(|(name, record)| (name, &record.key));
+        let table = KeyTable::with_teams(keys, (*teams).clone());
+        self.table.store(Some(Arc::new(table)));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The keys in Redis: one hash and its version counter.
+struct RedisKeys {
+    connection: ConnectionManager,
+    records: String,
+    version: String,
+    change: Script,
+}
+
+impl RedisKeys {
+    fn new(url: &str, prefix: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("cannot prepare the Redis connection: {e}"))?;
+        Ok(Self {
+            connection,
+            records: format!("{prefix}keys"),
+            version: format!("{prefix}keys:version"),
+            change: Script::new(include_str!("key_store.lua")),
+        })
+    }
+
+    /// Applies a change; `false` when the key exists (create) or does not (update, delete).
+    async fn change(&self, name: &str, change: &Change<'_>) -> Result<bool, redis::RedisError> {
+        let (op, record) = match change {
+            Change::Create(key) => ("create", serde_json::to_string(key).unwrap_or_default()),
+            Change::Update(key) => ("update", serde_json::to_string(key).unwrap_or_default()),
+            Change::Delete => ("delete", String::new()),
+        };
+        let mut connection = self.connection.clone();
+        let version: i64 = self
+            .change
+            .key(&self.records)
+            .key(&self.version)
+            .arg(op)
+            .arg(name)
+            .arg(record)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(version > 0)
+    }
+
+    /// The keys and their version, unless the version is still `seen`.
+    async fn read_if_changed(
+        &self,
+        seen: i64,
+    ) -> Result<Option<(i64, Records)>, redis::RedisError> {
+        let mut connection = self.connection.clone();
+        let version: Option<i64> = redis::cmd("GET")
+            .arg(&self.version)
+            .query_async(&mut connection)
+            .await?;
+        if version.unwrap_or(0) == seen {
+            return Ok(None);
+        }
+        let (version, raw): (Option<i64>, Vec<(String, String)>) = redis::pipe()
+            .atomic()
+            .get(&self.version)
+            .hgetall(&self.records)
+            .query_async(&mut connection)
+            .await?;
+        let records = raw
+            .into_iter()
+            .filter_map(|(name, json)| match serde_json::from_str(&json) {
+                Ok(record) => Some((name, record)),
+                Err(error) => {
+                    tracing::warn!(key = %name, %error, "ignoring an unreadable key in the shared key store");
+                    None
+                }
+            })
+            .collect();
+        Ok(Some((version.unwrap_or(0), records)))
+    }
+}
