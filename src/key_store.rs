@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{self, Key, KeyTable, Teams};
 use crate::config::schema::{KeyConfig, LimitsBackend, LimitsSettings};
 use crate::error::GatewayError;
+use crate::shared_store;
 use crate::snapshot::Snapshot;
 
 /// How often a replica checks for keys changed elsewhere.
@@ -288,16 +289,8 @@ struct RedisKeys {
 
 impl RedisKeys {
     fn new(url: &str, prefix: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot prepare the Redis connection: {e}"))?;
         Ok(Self {
-            connection,
+            connection: shared_store::connect(url, TIMEOUT)?,
             records: format!("{prefix}keys"),
             version: format!("{prefix}keys:version"),
             change: Script::new(include_str!("key_store.lua")),

@@ -19,6 +19,7 @@ pub mod providers;
 pub mod reload;
 pub mod server;
 pub mod shared;
+pub mod shared_store;
 pub mod snapshot;
 pub mod sse;
 pub mod stream;

@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
-use redis::{Client, RedisError, Script, Value};
+use redis::{RedisError, Script, Value};
 
 use super::{Check, LimitStatus, Period, Plan, Rejection, Usage, Used, Window};
 
@@ -41,16 +41,8 @@ pub struct Held {
 impl RedisLimits {
     /// Connects lazily: the gateway starts (and fails open) even while Redis is down.
     pub fn new(url: &str, timeout: Duration, prefix: &str) -> Result<Self, String> {
-        let client = Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot prepare the Redis connection: {e}"))?;
         Ok(Self {
-            connection,
+            connection: crate::shared_store::connect(url, timeout)?,
             prefix: prefix.to_owned(),
             reserve: Script::new(include_str!("reserve.lua")),
             settle: Script::new(include_str!("settle.lua")),
