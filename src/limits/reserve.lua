@@ -1,20 +1,22 @@
 -- Reserves every check of a request, or nothing (one atomic step for all replicas).
 -- KEYS[i]: the state of check i.
 -- ARGV[1]: a unique id for this request; ARGV[2]: how long a hold may last, in ms.
--- Then 4 values per check: kind, limit, amount, ttl in ms (0: none).
+-- Then 3 values per check: kind, limit, amount.
 --   r  requests per minute (GCRA): the key holds the theoretical arrival time (ms)
 --   t  tokens per minute: a hash {tokens, ts}, refilled continuously
 --   c  requests in flight: a sorted set of request ids scored by when their hold expires
---   b  a budget: the period's tally, a hash {requests, tokens, cost, r:<id> = "<amount>:<expiry ms>"}
+--   b  a budget: the period's tally, a hash {requests, tokens, cost (nano-USD, integers are
+--      cheaper than HINCRBYFLOAT), r:<id> = "<amount>:<expiry ms>"}; its expiry is set
+--      when settle.lua creates it
 -- Returns {1, kind, limit, remaining, reset_ms, ...} for r and t checks, or {0, i, retry_ms}
 -- (retry_ms -1: a budget is spent).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local id, hold = ARGV[1], tonumber(ARGV[2])
-local pending, status = {}, {1}
+local pending, touched, status = {}, {}, {1}
 
 for i, key in ipairs(KEYS) do
-  local base = 3 + (i - 1) * 4
+  local base = 3 + (i - 1) * 3
   local kind, limit, amount = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   if kind == 'r' then
     local emission = 60000 / limit
@@ -33,7 +35,7 @@ for i, key in ipairs(KEYS) do
     tokens = math.min(limit, tokens + since * limit / 60000)
     if amount > limit then return {0, i, 60000} end
     if tokens < amount then return {0, i, math.ceil((amount - tokens) * 60000 / limit)} end
-    pending[i] = tokens - amount
+    pending[i], touched[i] = tokens - amount, state[2]
     table.insert(status, 't'); table.insert(status, limit)
     table.insert(status, math.floor(tokens - amount))
     table.insert(status, math.ceil((limit - tokens + amount) * 60000 / limit))
@@ -57,19 +59,20 @@ for i, key in ipairs(KEYS) do
 end
 
 for i, key in ipairs(KEYS) do
-  local base = 3 + (i - 1) * 4
-  local kind, amount, ttl = ARGV[base], ARGV[base + 2], tonumber(ARGV[base + 3])
+  local base = 3 + (i - 1) * 3
+  local kind, amount = ARGV[base], ARGV[base + 2]
   if kind == 'r' then
     redis.call('SET', key, pending[i], 'PX', 61000)
   elseif kind == 't' then
+    -- The bucket is forgotten two minutes after its last use; the expiry is pushed back
+    -- only once a minute (writes are what a script spends its time on).
     redis.call('HSET', key, 'tokens', pending[i], 'ts', now)
-    redis.call('PEXPIRE', key, 120000)
+    if not touched[i] or now - tonumber(touched[i]) > 60000 then redis.call('PEXPIRE', key, 120000) end
   elseif kind == 'c' then
     redis.call('ZADD', key, now + hold, id)
     redis.call('PEXPIRE', key, hold)
   elseif kind == 'b' then
     redis.call('HSET', key, 'r:' .. id, amount .. ':' .. (now + hold))
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   end
 end
 return status

@@ -1,5 +1,5 @@
 -- Settles a request's holds with what it used, and books its usage on its accounts.
--- ARGV[1]: the request's id, ARGV[2]: tokens used, ARGV[3]: cost in USD, ARGV[4]: the
+-- ARGV[1]: the request's id, ARGV[2]: tokens used, ARGV[3]: cost in nano-USD, ARGV[4]: the
 -- number of holds n.
 -- KEYS[1..n]: the state of each hold, with 3 values each in ARGV: kind, limit, amount
 -- reserved. KEYS[n+1..]: the tallies to book on, with 1 value each: ttl in ms (0: none).
@@ -27,9 +27,11 @@ end
 local base = 5 + holds * 3
 for i = holds + 1, #KEYS do
   local key, ttl = KEYS[i], tonumber(ARGV[base + i - holds - 1])
-  redis.call('HINCRBY', key, 'requests', 1)
+  local requests = redis.call('HINCRBY', key, 'requests', 1)
   redis.call('HINCRBY', key, 'tokens', used)
-  redis.call('HINCRBYFLOAT', key, 'cost', cost)
-  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  redis.call('HINCRBY', key, 'cost', cost)
+  -- A period's tally is new once: its expiry is set then (a budget hold may have created
+  -- the hash a moment before).
+  if ttl > 0 and requests == 1 then redis.call('PEXPIRE', key, ttl) end
 end
 return 1
