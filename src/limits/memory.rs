@@ -19,6 +19,9 @@ use super::{Check, LimitStatus, Period, Plan, Rejection, Usage, Used, Window};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// A scope and a period id.
+type TallyId = (Arc<str>, Arc<str>);
+
 /// Rate-limit state idle this long is forgotten.
 const IDLE: Duration = Duration::from_secs(15 * 60);
 /// Tallies are kept at least as long as the longest period they count.
@@ -29,7 +32,7 @@ pub struct MemoryLimits {
     gcra: Cache<(Arc<str>, u32), Arc<Gcra>>,
     buckets: Cache<(Arc<str>, u64), Arc<Mutex<Bucket>>>,
     in_flight: Cache<Arc<str>, Arc<AtomicU32>>,
-    tallies: Cache<(Arc<str>, String), Arc<Mutex<Tally>>>,
+    tallies: Cache<TallyId, Arc<Mutex<Tally>>>,
 }
 
 /// What an admitted request holds until it settles.

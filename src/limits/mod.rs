@@ -13,8 +13,8 @@ mod memory;
 mod redis;
 pub mod tokens;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::schema::{LimitsBackend, LimitsSettings, OnFailure};
@@ -67,14 +67,22 @@ pub enum Period {
 impl Period {
     pub const ALL: [Self; 3] = [Self::Day, Self::Month, Self::Total];
 
-    /// The id of the period `now` falls in: `2026-11-21`, `2026-11` or `total`.
-    pub fn id(self, now: SystemTime) -> String {
-        let date = humantime::format_rfc3339_seconds(now).to_string();
-        match self {
-            Self::Day => date[..10].to_owned(),
-            Self::Month => date[..7].to_owned(),
-            Self::Total => "total".to_owned(),
-        }
+    /// The id of the period `now` falls in: `2026-11-21`, `2026-11` or `total`. Every
+    /// limited request asks, so the ids of the current UTC day are made once.
+    pub fn id(self, now: SystemTime) -> Arc<str> {
+        static TODAY: Mutex<Option<(u64, [Arc<str>; 3])>> = Mutex::new(None);
+        let day = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
+        let mut today = TODAY.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = match &*today {
+            Some((cached, ids)) if *cached == day => ids,
+            _ => {
+                let date = humantime::format_rfc3339_seconds(now).to_string();
+                let ids = [&date[..10], &date[..7], "total"].map(Arc::from);
+                &today.insert((day, ids)).1
+            }
+        };
+        // In declaration order: Day, Month, Total.
+        ids[self as usize].clone()
     }
 
     pub fn name(self) -> &'static str {
@@ -355,8 +363,10 @@ mod tests {
     #[test]
     fn periods_are_utc_dates() {
         let at = humantime::parse_rfc3339("2026-11-21T23:59:59Z").unwrap();
-        assert_eq!(Period::Day.id(at), "2026-11-21");
-        assert_eq!(Period::Month.id(at), "2026-11");
-        assert_eq!(Period::Total.id(at), "total");
+        assert_eq!(&*Period::Day.id(at), "2026-11-21");
+        assert_eq!(&*Period::Month.id(at), "2026-11");
+        assert_eq!(&*Period::Total.id(at), "total");
+        let next = humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
+        assert_eq!(&*Period::Month.id(next), "2026-12");
     }
 }
