@@ -98,13 +98,14 @@ impl Admin<'_> {
         json_patch::merge(&mut merged, patch);
         let settings = settings(merged)?;
         self.check(name, &settings)?;
-        let record = StoredKey {
-            created_at: record.created_at,
+        let updated = StoredKey {
+            created_at: record.created_at.clone(),
             key: settings,
         };
-        self.keys.update(name, &record).await?;
+        // Refused (409) if the key changed since it was read here.
+        self.keys.update(name, &record, &updated).await?;
         tracing::info!(key = %name, "admin: key updated");
-        Ok(view(name, "admin", Some(&record.created_at), &record.key))
+        Ok(view(name, "admin", Some(&updated.created_at), &updated.key))
     }
 
     pub async fn revoke_key(&self, name: &str) -> Result<Value, GatewayError> {
@@ -159,16 +160,18 @@ impl Admin<'_> {
     }
 
     /// A key created through the admin API (config keys change only in the file).
+    /// (Checked first: a config reload may since have added a key of the same name, and
+    /// this one must stay manageable.)
     fn created(&self, name: &str) -> Result<StoredKey, GatewayError> {
+        if let Some(record) = self.records()?.get(name) {
+            return Ok(record.clone());
+        }
         if self.snapshot.auth.keys.contains_key(name) {
             return Err(GatewayError::Conflict(format!(
                 "the key '{name}' is defined in the config file: change it there"
             )));
         }
-        self.records()?
-            .get(name)
-            .cloned()
-            .ok_or_else(|| not_found("key", name))
+        Err(not_found("key", name))
     }
 
     /// The same checks as for a key in the config file, against the current config.

@@ -52,6 +52,8 @@ pub enum ChangeError {
     Exists(String),
     #[error("no key named '{0}' was created through the admin API")]
     NotFound(String),
+    #[error("the key '{0}' was changed meanwhile: read it again and retry")]
+    Changed(String),
     #[error("the shared key store (Redis) did not answer")]
     Unavailable,
 }
@@ -59,7 +61,7 @@ pub enum ChangeError {
 impl From<ChangeError> for GatewayError {
     fn from(error: ChangeError) -> Self {
         match error {
-            ChangeError::Exists(_) => Self::Conflict(error.to_string()),
+            ChangeError::Exists(_) | ChangeError::Changed(_) => Self::Conflict(error.to_string()),
             ChangeError::NotFound(name) => Self::NotFound { kind: "key", name },
             ChangeError::Unavailable => Self::KeyStoreUnavailable,
         }
@@ -68,7 +70,11 @@ impl From<ChangeError> for GatewayError {
 
 enum Change<'a> {
     Create(&'a StoredKey),
-    Update(&'a StoredKey),
+    /// Only if the key is still `expected` (what the change was computed from).
+    Update {
+        expected: &'a StoredKey,
+        new: &'a StoredKey,
+    },
     Delete,
 }
 
@@ -84,6 +90,8 @@ pub struct KeyStore {
     writing: Mutex<()>,
     /// The version of the shared hash `records` was read at.
     version: AtomicI64,
+    /// One read of the shared hash at a time, so an older read never replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
     reachable: AtomicBool,
 }
 
@@ -115,6 +123,7 @@ impl KeyStore {
             table: ArcSwapOption::from_pointee(KeyTable::default()),
             writing: Mutex::default(),
             version: AtomicI64::new(-1),
+            refreshing: tokio::sync::Mutex::const_new(()),
             reachable: AtomicBool::new(true),
         }
     }
@@ -139,19 +148,31 @@ impl KeyStore {
         self.table.load_full()
     }
 
-    /// The config changed: admin-created keys now belong to these teams.
-    pub fn set_teams(&self, teams: Teams) {
+    /// A config was loaded: admin-created keys now belong to its teams.
+    pub fn follow_config(&self, snapshot: &Snapshot) {
         let _writing = lock(&self.writing);
-        self.teams.store(Arc::new(teams));
+        self.teams.store(Arc::new(snapshot.keys.teams().clone()));
         self.rebuild();
+        let records = self.records.load();
+        for name in records.iter().flat_map(|r| r.keys()) {
+            if snapshot.auth.keys.contains_key(name) {
+                tracing::warn!(key = %name, "the config file and the admin API both define this key name: the two keys share its limits, budgets and usage; rename one");
+            }
+        }
     }
 
     pub async fn create(&self, name: &str, key: &StoredKey) -> Result<(), ChangeError> {
         self.change(name, Change::Create(key)).await
     }
 
-    pub async fn update(&self, name: &str, key: &StoredKey) -> Result<(), ChangeError> {
-        self.change(name, Change::Update(key)).await
+    /// Replaces `expected` (the key as the caller read it) by `new`.
+    pub async fn update(
+        &self,
+        name: &str,
+        expected: &StoredKey,
+        new: &StoredKey,
+    ) -> Result<(), ChangeError> {
+        self.change(name, Change::Update { expected, new }).await
     }
 
     pub async fn revoke(&self, name: &str) -> Result<(), ChangeError> {
@@ -162,16 +183,17 @@ impl KeyStore {
         let Some(redis) = &self.redis else {
             return self.change_locally(name, &change);
         };
-        let applied = tokio::time::timeout(TIMEOUT, redis.change(name, &change))
+        let version = tokio::time::timeout(TIMEOUT, redis.change(name, &change))
             .await
             .ok()
             .and_then(Result::ok)
             .ok_or(ChangeError::Unavailable)?;
-        if !applied {
-            return Err(match change {
-                Change::Create(_) => ChangeError::Exists(name.to_owned()),
-                Change::Update(_) | Change::Delete => ChangeError::NotFound(name.to_owned()),
-            });
+        let name = name.to_owned();
+        match (version, change) {
+            (1.., _) => {}
+            (0, Change::Create(_)) => return Err(ChangeError::Exists(name)),
+            (0, _) => return Err(ChangeError::NotFound(name)),
+            _ => return Err(ChangeError::Changed(name)),
         }
         // This replica sees its own change at once; the others at their next poll.
         self.refresh().await;
@@ -186,13 +208,18 @@ impl KeyStore {
             .as_deref()
             .cloned()
             .unwrap_or_default();
-        let exists = records.contains_key(name);
+        let current = records.get(name);
         match change {
-            Change::Create(_) if exists => return Err(ChangeError::Exists(name.to_owned())),
-            Change::Update(_) | Change::Delete if !exists => {
+            Change::Create(_) if current.is_some() => {
+                return Err(ChangeError::Exists(name.to_owned()));
+            }
+            Change::Update { .. } | Change::Delete if current.is_none() => {
                 return Err(ChangeError::NotFound(name.to_owned()));
             }
-            Change::Create(key) | Change::Update(key) => {
+            Change::Update { expected, .. } if current != Some(*expected) => {
+                return Err(ChangeError::Changed(name.to_owned()));
+            }
+            Change::Create(key) | Change::Update { new: key, .. } => {
                 records.insert(name.to_owned(), (*key).clone());
             }
             Change::Delete => {
@@ -219,9 +246,11 @@ impl KeyStore {
         }))
     }
 
-    /// Reads the shared keys if their version moved.
+    /// Reads the shared keys if their version changed (moved on, or back: a Redis that
+    /// lost its data is believed too).
     async fn refresh(&self) {
         let Some(redis) = &self.redis else { return };
+        let _refreshing = self.refreshing.lock().await;
         let seen = self.version.load(Ordering::Acquire);
         let read = tokio::time::timeout(TIMEOUT, redis.read_if_changed(seen)).await;
         match read {
@@ -229,12 +258,9 @@ impl KeyStore {
             Ok(Ok(Some((version, records)))) => {
                 self.reached();
                 let _writing = lock(&self.writing);
-                // A slower concurrent read must not replace a newer one.
-                if version >= self.version.load(Ordering::Acquire) {
-                    self.version.store(version, Ordering::Release);
-                    self.records.store(Some(Arc::new(records)));
-                    self.rebuild();
-                }
+                self.version.store(version, Ordering::Release);
+                self.records.store(Some(Arc::new(records)));
+                self.rebuild();
             }
             Ok(Err(error)) => self.unreached(&error.to_string()),
             Err(_) => self.unreached("no answer within the timeout"),
@@ -297,12 +323,14 @@ impl RedisKeys {
         })
     }
 
-    /// Applies a change; `false` when the key exists (create) or does not (update, delete).
-    async fn change(&self, name: &str, change: &Change<'_>) -> Result<bool, redis::RedisError> {
-        let (op, record) = match change {
-            Change::Create(key) => ("create", serde_json::to_string(key).unwrap_or_default()),
-            Change::Update(key) => ("update", serde_json::to_string(key).unwrap_or_default()),
-            Change::Delete => ("delete", String::new()),
+    /// Applies a change: the new version, or 0 when the key exists (create) or does not
+    /// (update, delete), -1 when it is not the one expected (update).
+    async fn change(&self, name: &str, change: &Change<'_>) -> Result<i64, redis::RedisError> {
+        let json = |key: &StoredKey| serde_json::to_string(key).unwrap_or_default();
+        let (op, record, expected) = match change {
+            Change::Create(key) => ("create", json(key), String::new()),
+            Change::Update { expected, new } => ("update", json(new), json(expected)),
+            Change::Delete => ("delete", String::new(), String::new()),
         };
         let mut connection = self.connection.clone();
         let version: i64 = self
@@ -312,9 +340,10 @@ impl RedisKeys {
             .arg(op)
             .arg(name)
             .arg(record)
+            .arg(expected)
             .invoke_async(&mut connection)
             .await?;
-        Ok(version > 0)
+        Ok(version)
     }
 
     /// The keys and their version, unless the version is still `seen`.

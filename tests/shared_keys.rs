@@ -54,6 +54,19 @@ async fn admin(
     )
 }
 
+/// Creates a key with no settings through `gateway`'s admin API; returns its secret.
+async fn create_key(gateway: &GatewayProcess) -> String {
+    let (status, created) = admin(
+        gateway,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created["key"].as_str().unwrap().to_owned()
+}
+
 async fn chat(gateway: &GatewayProcess, key: &str) -> u16 {
     common::client()
         .post(format!("{}/v1/chat/completions", gateway.url))
@@ -135,18 +148,7 @@ async fn a_key_created_or_revoked_on_one_replica_is_honoured_by_the_other_within
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_keys_survive_a_restart_of_the_replicas() {
     let redis = RedisServer::start().await;
-    let key = {
-        let replicas = replicas(&redis);
-        let (status, created) = admin(
-            &replicas.a,
-            reqwest::Method::POST,
-            "/admin/keys",
-            Some(json!({})),
-        )
-        .await;
-        assert_eq!(status, 201);
-        created["key"].as_str().unwrap().to_owned()
-    };
+    let key = create_key(&replicas(&redis).a).await;
     let replicas = replicas(&redis);
     let took = time_until(&replicas.b, &key, 200).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -178,4 +180,54 @@ async fn before_the_shared_keys_were_read_an_unknown_key_is_unavailable_not_inva
         assert!(started.elapsed() < Duration::from_secs(3), "a WARN says so");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_is_believed() {
+    let mut redis = RedisServer::start().await;
+    let replicas = replicas(&redis);
+    let key = create_key(&replicas.a).await;
+    assert_eq!(chat(&replicas.a, &key).await, 200);
+    // Restarted without persistence: the keys and their version counter are gone.
+    redis.kill();
+    redis.restart().await;
+    for gateway in [&replicas.a, &replicas.b] {
+        let took = time_until(gateway, &key, 401).await;
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_computed_from_a_stale_read_is_refused() {
+    use switchyard::config::schema::{KeyConfig, LimitsBackend, LimitsSettings, RedisSettings};
+    use switchyard::key_store::{ChangeError, KeyStore, StoredKey};
+
+    let redis = RedisServer::start().await;
+    let settings = LimitsSettings {
+        backend: LimitsBackend::Redis,
+        redis: Some(RedisSettings {
+            url: redis.url(),
+            timeout: Duration::from_millis(200),
+            on_failure: Default::default(),
+            key_prefix: "test:".into(),
+        }),
+        ..LimitsSettings::default()
+    };
+    let store = KeyStore::new(&settings).unwrap();
+    let version = |rpm: u32| StoredKey {
+        created_at: "2026-11-21T00:00:00Z".into(),
+        key: serde_json::from_value::<KeyConfig>(
+            json!({"sha256": "ab".repeat(32), "limits": {"rpm": rpm}}),
+        )
+        .unwrap(),
+    };
+    store.create("k", &version(1)).await.unwrap();
+    store.update("k", &version(1), &version(2)).await.unwrap();
+    // Computed from the first version, which another writer has since replaced.
+    let stale = store.update("k", &version(1), &version(3)).await;
+    assert!(matches!(stale, Err(ChangeError::Changed(_))), "{stale:?}");
+    assert_eq!(store.records().unwrap()["k"], version(2));
+    store.revoke("k").await.unwrap();
+    let gone = store.update("k", &version(2), &version(3)).await;
+    assert!(matches!(gone, Err(ChangeError::NotFound(_))), "{gone:?}");
 }
