@@ -233,3 +233,31 @@ async fn a_dead_redis_fails_open_to_per_replica_limits_then_shared_limits_resume
     );
     assert!(replicas.a.logs().contains("is back"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_answer_came_too_late_is_given_back() {
+    let redis = RedisServer::start().await;
+    let replicas = replicas(&redis, "0ms", "limits: {max_concurrent: 1}");
+    // The scripts are loaded (a stalled EVALSHA of an unknown script would change nothing),
+    // and this request's slot is given back before Redis stalls (else the late reservation
+    // would find the slot taken and take nothing).
+    assert_eq!(ask(&replicas.a, &hello(5)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis stalls for longer than the gateway waits (200 ms): the reservation is made
+    // once it wakes up, but its answer comes too late, and the request fails open.
+    let port = redis.port;
+    let stall =
+        tokio::spawn(async move { RedisServer::command(port, &["DEBUG", "SLEEP", "0.6"]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ask(&replicas.a, &hello(5)).await.status(), 200);
+    assert!(stall.await.unwrap().starts_with("+OK"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The in-flight slot the late reservation took was released (the release is retried
+    // while Redis is away): one request at a time still gets through, on either replica.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for gateway in [&replicas.b, &replicas.a, &replicas.b] {
+        assert_eq!(ask(gateway, &hello(5)).await.status(), 200);
+        // A slot is given back just after the response, in the background.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -71,7 +71,9 @@ impl Period {
     /// limited request asks, so the ids of the current UTC day are made once.
     pub fn id(self, now: SystemTime) -> Arc<str> {
         static TODAY: Mutex<Option<(u64, [Arc<str>; 3])>> = Mutex::new(None);
-        let day = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
+        let day = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400);
         let mut today = TODAY.lock().unwrap_or_else(|p| p.into_inner());
         let ids = match &*today {
             Some((cached, ids)) if *cached == day => ids,
@@ -219,6 +221,14 @@ struct SharedStore {
     probe_at_ms: AtomicU64,
 }
 
+/// The pauses before each attempt at a shared settlement.
+const SETTLE_RETRIES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+    Duration::from_secs(4),
+];
+
 /// How long a degraded store is left alone before the next probe.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -246,17 +256,24 @@ impl Limiter {
     /// no limits) costs no round trip: its accounts are booked at settlement.
     pub async fn reserve(&self, plan: &Plan) -> Result<Admission, Rejection> {
         if let Some(shared) = &self.shared {
-            if plan.checks.is_empty() && shared.worth_trying() {
-                return Ok(Admission {
-                    status: LimitStatus::default(),
-                    held: Held::Shared(shared.redis.unchecked(plan)),
-                });
-            }
             if shared.worth_trying() {
-                match tokio::time::timeout(shared.timeout, shared.redis.reserve(plan)).await {
+                let held = shared.redis.hold(plan);
+                if plan.checks.is_empty() {
+                    return Ok(Admission {
+                        status: LimitStatus::default(),
+                        held: Held::Shared(held),
+                    });
+                }
+                // Dropped without an answer (a timeout, an error, or the request went
+                // away mid-call), the reservation may still have been made: release it.
+                let mut unanswered = Unanswered(Some((shared.clone(), held.unanswered())));
+                let answer =
+                    tokio::time::timeout(shared.timeout, shared.redis.reserve(plan, &held)).await;
+                match answer {
                     Ok(Ok(result)) => {
+                        unanswered.0 = None;
                         shared.succeeded();
-                        return result.map(|(status, held)| Admission {
+                        return result.map(|status| Admission {
                             status,
                             held: Held::Shared(held),
                         });
@@ -279,20 +296,9 @@ impl Limiter {
         match admission.held {
             Held::Memory(held) => memory::settle(held, used),
             Held::Shared(held) => {
-                let (Some(shared), Ok(runtime)) =
-                    (self.shared.clone(), tokio::runtime::Handle::try_current())
-                else {
-                    return;
-                };
-                runtime.spawn(async move {
-                    let settled =
-                        tokio::time::timeout(shared.timeout, shared.redis.settle(held, used)).await;
-                    if !matches!(settled, Ok(Ok(()))) {
-                        // Unsettled holds expire on their own; tokens come back as the
-                        // bucket refills.
-                        shared.metrics.count_limits_error();
-                    }
-                });
+                if let Some(shared) = &self.shared {
+                    shared.settle(held, used);
+                }
             }
         }
     }
@@ -310,7 +316,40 @@ impl Limiter {
     }
 }
 
+/// A shared reservation sent without an answer yet; see [`Limiter::reserve`].
+struct Unanswered(Option<(Arc<SharedStore>, redis::Held)>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((shared, held)) = self.0.take() {
+            shared.settle(held, Used::default());
+        }
+    }
+}
+
 impl SharedStore {
+    /// Settles in the background. Settling is idempotent, so a failed attempt is sent
+    /// again, three times over about five seconds: a slot or a budget hold must not stay
+    /// taken for the life of a hold because Redis stalled for a moment.
+    fn settle(self: &Arc<Self>, held: redis::Held, used: Used) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.clone();
+        runtime.spawn(async move {
+            for pause in SETTLE_RETRIES {
+                tokio::time::sleep(pause).await;
+                let settled =
+                    tokio::time::timeout(shared.timeout, shared.redis.settle(&held, used)).await;
+                if matches!(settled, Ok(Ok(()))) {
+                    return;
+                }
+                shared.metrics.count_limits_error();
+            }
+            // Unsettled holds expire on their own; tokens come back as the bucket refills.
+        });
+    }
+
     fn worth_trying(&self) -> bool {
         !self.degraded.load(Ordering::Relaxed)
             || now_ms() >= self.probe_at_ms.load(Ordering::Relaxed)

@@ -9,7 +9,9 @@
 //! Keys (under the configured prefix): `rpm:<scope>:<limit>` (GCRA time), `tpm:<scope>:
 //! <limit>` (bucket), `inflight:<scope>` (sorted set of holds), `usage:<scope>:<period>`
 //! (a hash of requests, tokens, cost and the budget holds `r:<id>`; day and month tallies
-//! expire 40 days after their last write).
+//! expire 40 days after they were created), `done:<id>` (a settled request: settling is
+//! idempotent, so it is retried, and a reservation Redis runs only after its request was
+//! given up takes nothing).
 
 use std::time::{Duration, SystemTime};
 
@@ -30,12 +32,35 @@ pub struct RedisLimits {
     settle: Script,
 }
 
-/// What a request holds in Redis until it settles.
+/// What a request holds in Redis until it settles. Chosen before the reservation is sent,
+/// so that a reservation whose answer never came can still be released.
 pub struct Held {
     id: String,
+    /// Per check: key, kind, limit, amount.
     items: Vec<(String, &'static str, String, String)>,
     /// The tallies (key, ttl in ms) the settlement books the request's usage on.
     accounts: Vec<(String, u64)>,
+    /// The key that marks the request as settled (see settle.lua).
+    done: String,
+}
+
+impl Held {
+    /// What a reservation whose answer never came may hold: its in-flight slots and budget
+    /// holds, given back by a settlement of nothing. Tokens are left alone (they may never
+    /// have been taken; the bucket refills within a minute) and nothing is booked.
+    pub fn unanswered(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            items: self
+                .items
+                .iter()
+                .filter(|item| matches!(item.1, "c" | "b"))
+                .cloned()
+                .collect(),
+            accounts: Vec::new(),
+            done: self.done.clone(),
+        }
+    }
 }
 
 impl RedisLimits {
@@ -61,67 +86,66 @@ impl RedisLimits {
         }
     }
 
-    /// Reserves the whole plan in one round trip. The outer error is Redis failing; the
-    /// inner one a limit refusing.
-    pub async fn reserve(
-        &self,
-        plan: &Plan,
-    ) -> Result<Result<(LimitStatus, Held), Rejection>, RedisError> {
+    /// What `plan` holds once reserved: a new request id, the state of each check, and
+    /// the tallies its usage is booked on.
+    pub fn hold(&self, plan: &Plan) -> Held {
         let now = SystemTime::now();
-        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        let mut invocation = self.reserve.prepare_invoke();
-        invocation.arg(&id).arg(HOLD.as_millis() as u64);
-        let mut items = Vec::new();
-        for check in &plan.checks {
-            let key = self.key(check, now);
-            let (kind, limit, amount) = encode(check);
-            invocation.key(&key).arg(kind).arg(&limit).arg(&amount);
-            if kind != "r" {
-                items.push((key, kind, limit, amount));
-            }
-        }
-        let mut connection = self.connection.clone();
-        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
-        let accounts = self.accounts(plan, now);
-        Ok(decode(&reply, plan).map(|status| {
-            (
-                status,
-                Held {
-                    id,
-                    items,
-                    accounts,
-                },
-            )
-        }))
-    }
-
-    /// What a plan with nothing to check holds: only its accounts, booked at settlement.
-    pub fn unchecked(&self, plan: &Plan) -> Held {
-        Held {
-            id: String::new(),
-            items: Vec::new(),
-            accounts: self.accounts(plan, SystemTime::now()),
-        }
-    }
-
-    fn accounts(&self, plan: &Plan, now: SystemTime) -> Vec<(String, u64)> {
-        plan.accounts
+        let items = plan
+            .checks
+            .iter()
+            .map(|check| {
+                let (kind, limit, amount) = encode(check);
+                (self.key(check, now), kind, limit, amount)
+            })
+            .collect();
+        let accounts = plan
+            .accounts
             .iter()
             .flat_map(|scope| {
                 Period::ALL.map(|period| (tally_key(&self.prefix, scope, period, now), ttl(period)))
             })
-            .collect()
+            .collect();
+        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        Held {
+            done: format!("{}done:{id}", self.prefix),
+            id,
+            items,
+            accounts,
+        }
+    }
+
+    /// Reserves every check of `held` in one round trip. The outer error is Redis failing;
+    /// the inner one a limit refusing (`plan` names it).
+    pub async fn reserve(
+        &self,
+        plan: &Plan,
+        held: &Held,
+    ) -> Result<Result<LimitStatus, Rejection>, RedisError> {
+        let mut invocation = self.reserve.prepare_invoke();
+        invocation
+            .arg(&held.id)
+            .arg(HOLD.as_millis() as u64)
+            .arg(&held.done);
+        for (key, kind, limit, amount) in &held.items {
+            invocation.key(key).arg(*kind).arg(limit).arg(amount);
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<Value> = invocation.invoke_async(&mut connection).await?;
+        Ok(decode(&reply, plan))
     }
 
     /// Gives back what the request did not use and books what it used.
-    pub async fn settle(&self, held: Held, used: Used) -> Result<(), RedisError> {
+    pub async fn settle(&self, held: &Held, used: Used) -> Result<(), RedisError> {
         let mut invocation = self.settle.prepare_invoke();
+        // Requests per minute have nothing to give back.
+        let holds: Vec<_> = held.items.iter().filter(|item| item.1 != "r").collect();
         invocation
             .arg(&held.id)
             .arg(used.tokens)
             .arg(nano_usd(used.cost_usd))
-            .arg(held.items.len());
-        for (key, kind, limit, amount) in &held.items {
+            .arg(holds.len())
+            .arg(&held.done);
+        for (key, kind, limit, amount) in holds {
             invocation.key(key).arg(*kind).arg(limit).arg(amount);
         }
         for (key, ttl) in &held.accounts {
