@@ -1,5 +1,6 @@
 //! What the admin API does: virtual keys (create, with the key returned once; list; show,
-//! with usage and spend; update; revoke) and teams (list; show, with usage and spend).
+//! with usage and spend; update; revoke), teams (list; show, with usage and spend) and
+//! the targets' circuit breakers (list).
 //! Keys of the config file are listed and shown but changed only in the file. Answers are
 //! JSON values; the HTTP side (routes, the admin key, bodies) is `http/admin.rs`.
 
@@ -113,6 +114,39 @@ impl Admin<'_> {
         self.keys.revoke(name).await?;
         tracing::info!(key = %name, "admin: key revoked");
         Ok(json!({"object": "key", "name": name, "revoked": true}))
+    }
+
+    /// Every target of the current config with its circuit breaker, in-flight count and
+    /// recent latency (this replica's view).
+    pub fn list_breakers(&self) -> Value {
+        let mut seen = std::collections::HashSet::new();
+        let data: Vec<Value> = self
+            .snapshot
+            .models
+            .values()
+            .flat_map(|model| &model.targets)
+            .filter(|target| seen.insert(target.health.name.clone()))
+            .map(|target| {
+                let health = &target.health;
+                let breaker = health.breaker.view(&self.snapshot.resilience.breaker);
+                json!({
+                    "target": &*health.name,
+                    "provider": &*target.provider.name,
+                    "model": &*target.upstream_model,
+                    "state": breaker.state,
+                    "consecutive_failures": breaker.consecutive_failures,
+                    "window": {
+                        "requests": breaker.window_requests,
+                        "failures": breaker.window_failures,
+                    },
+                    "trips": breaker.trips,
+                    "next_probe_in_ms": breaker.next_probe_in_ms,
+                    "in_flight": health.in_flight(),
+                    "latency_ms": health.latency().as_secs_f64() * 1000.0,
+                })
+            })
+            .collect();
+        json!({"object": "list", "breakers": data})
     }
 
     pub fn list_teams(&self) -> Value {

@@ -19,9 +19,10 @@
 //!             limits                    requests, tokens, in flight, USD budgets of the
 //!                                       key and team: reserved here, settled with the
 //!                                       real usage when the request is over
-//!             [planned] resilience      retries, fallbacks, breakers, holds a stream
-//!                                       until its first content byte
-//!             dispatch                  one target: provider call, timeouts, usage
+//!             resilience                which target, retries, fallbacks, breakers,
+//!                                       the deadline; per attempt, dispatch: one
+//!                                       provider call, held until its first content,
+//!                                       timeouts, usage
 //!
 //!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
 //! ```
@@ -45,8 +46,8 @@ use crate::http::{handlers, hygiene, request_id::MakeId};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::pipeline::auth::AuthLayer;
-use crate::pipeline::dispatch::Dispatch;
 use crate::pipeline::limits::LimitsLayer;
+use crate::pipeline::resilience::Resilience;
 use crate::pipeline::route::RouteLayer;
 use crate::reload::ConfigStore;
 use crate::shared::Shared;
@@ -77,7 +78,7 @@ pub fn pipeline(shared: &Shared) -> Pipeline {
         .layer(AuthLayer::new(shared.keys.clone()))
         .layer(RouteLayer)
         .layer(LimitsLayer::new(shared.limiter.clone()))
-        .service(Dispatch);
+        .service(Resilience);
     BoxCloneSyncService::new(stack)
 }
 

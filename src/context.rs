@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 use crate::limits::{LimitStatus, Used};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pricing::{Cost, Price};
-use crate::snapshot::{ModelRoute, Snapshot};
+use crate::snapshot::{ModelRoute, Snapshot, Target};
 use crate::usage::Usage;
 
 /// Status logged for a request whose client went away before the answer was complete.
@@ -91,10 +91,12 @@ struct RecordState {
     model: Option<Arc<str>>,
     provider: Option<Arc<str>>,
     upstream_model: Option<Arc<str>>,
+    /// Calls made to upstream targets (retries and fallbacks included).
+    attempts: u32,
     stream: bool,
     timings: Timings,
     usage: Option<Usage>,
-    /// The price of the target that served the request.
+    /// The price of the target that served the request (the last attempt's).
     price: Option<Price>,
     limit_status: Option<LimitStatus>,
     status: Option<u16>,
@@ -113,6 +115,10 @@ impl RequestRecord {
             state: Mutex::default(),
             settlement: Mutex::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn state(&self) -> MutexGuard<'_, RecordState> {
@@ -136,10 +142,24 @@ impl RequestRecord {
         self.state().model = Some(model);
     }
 
-    pub fn set_target(&self, provider: Arc<str>, upstream_model: Arc<str>) {
+    /// An attempt goes to `target`: the last one is the one that served the request.
+    pub fn start_attempt(&self, target: &Target, price: Option<Price>) {
         let mut state = self.state();
-        state.provider = Some(provider);
-        state.upstream_model = Some(upstream_model);
+        state.provider = Some(target.provider.name.clone());
+        state.upstream_model = Some(target.upstream_model.clone());
+        state.price = price;
+        state.attempts += 1;
+    }
+
+    /// The target of the last attempt (`provider/upstream model`) and the attempts made.
+    pub fn attempts(&self) -> (Option<Arc<str>>, u32) {
+        let state = self.state();
+        let target = state
+            .provider
+            .as_ref()
+            .zip(state.upstream_model.as_ref())
+            .map(|(provider, model)| Arc::from(format!("{provider}/{model}")));
+        (target, state.attempts)
     }
 
     /// Records a moment; only the first occurrence of each counts.
@@ -157,10 +177,6 @@ impl RequestRecord {
 
     pub fn set_usage(&self, usage: Usage) {
         self.state().usage = Some(usage);
-    }
-
-    pub fn set_price(&self, price: Option<Price>) {
-        self.state().price = price;
     }
 
     /// The limits the request was admitted under, for the `x-ratelimit-*` headers.
@@ -264,6 +280,7 @@ fn log_access(
         model = state.model.as_deref(),
         provider = state.provider.as_deref(),
         upstream_model = state.upstream_model.as_deref(),
+        attempts = state.attempts,
         stream = state.stream,
         prompt_tokens = usage.map(|u| u.prompt_tokens),
         completion_tokens = usage.map(|u| u.completion_tokens),

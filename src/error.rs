@@ -76,6 +76,13 @@ pub enum GatewayError {
     // ---- the gateway cannot serve this model right now (configuration)
     #[error("the model '{model}' has no usable provider: {reason}")]
     NoUsableTarget { model: String, reason: String },
+    /// Every target of the model failed recently; none is tried until its breaker lets a
+    /// probe through.
+    #[error(
+        "the model '{model}' is unavailable: every target's circuit breaker is open after repeated failures (next probe in {})",
+        humantime::format_duration(*retry_in)
+    )]
+    CircuitOpen { model: String, retry_in: Duration },
 
     // ---- the upstream provider failed
     /// The provider answered with an error status (boxed: it is the largest variant and
@@ -132,9 +139,10 @@ impl GatewayError {
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoUsableTarget { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoUsableTarget { .. }
+            | Self::CircuitOpen { .. }
+            | Self::LimitsUnavailable
+            | Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(upstream) => upstream.status,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -168,12 +176,26 @@ impl GatewayError {
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
             Self::NoUsableTarget { .. } => "no_usable_target",
+            Self::CircuitOpen { .. } => "circuit_open",
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// Whether the provider refused this prompt for not fitting the model's context window
+    /// (OpenAI's code, Anthropic's and Gemini's wording).
+    pub fn is_context_window(&self) -> bool {
+        let Self::Upstream(upstream) = self else {
+            return false;
+        };
+        let message = upstream.message.to_ascii_lowercase();
+        upstream.code.as_deref() == Some("context_length_exceeded")
+            || message.contains("maximum context length")
+            || message.contains("prompt is too long")
+            || message.contains("exceeds the maximum number of tokens")
     }
 
     /// Whether the same request could succeed if sent again (to this or another target).
@@ -184,7 +206,11 @@ impl GatewayError {
                 let status = upstream.status.as_u16();
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
             }
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => true,
+            // A malformed answer is most often a transient glitch between us and the
+            // provider; before the first content it is retried invisibly.
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamProtocol { .. } => true,
             Self::RateLimited { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => true,
             _ => false,
         }
@@ -194,6 +220,7 @@ impl GatewayError {
         match self {
             Self::Upstream(upstream) => upstream.retry_after,
             Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
             _ => None,
         }
     }
@@ -239,6 +266,7 @@ impl GatewayError {
             Self::NotFound { .. } => Some("not_found"),
             Self::Conflict(_) => Some("conflict"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
+            Self::CircuitOpen { .. } => Some("circuit_open"),
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
@@ -253,6 +281,7 @@ impl GatewayError {
             Self::InvalidParam { param, .. } => Some(param),
             Self::ModelNotFound { .. }
             | Self::NoUsableTarget { .. }
+            | Self::CircuitOpen { .. }
             | Self::ModelNotAllowed { .. } => Some("model"),
             Self::Upstream(upstream) => upstream.param.as_deref(),
             _ => None,

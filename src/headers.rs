@@ -7,6 +7,10 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Tells the OpenAI SDKs whether retrying could help; `false` on terminal errors so
 /// they do not multiply the gateway's own retries.
 pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+/// On answers: the target that served the request, `provider/upstream model`.
+pub const TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
+/// On answers and errors that reached a provider: how many upstream calls were made.
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never
 /// forwarded in either direction.

@@ -9,6 +9,7 @@ pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod health;
 pub mod http;
 pub mod key_store;
 pub mod limits;

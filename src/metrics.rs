@@ -18,6 +18,19 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// `provider/upstream model`, both from the config.
+    pub target: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub target: Arc<str>,
+    /// `success`, or the error's label (`upstream_status`, `upstream_timeout`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: &'static str,
 }
@@ -28,6 +41,9 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     limits_degraded: Gauge,
     limits_errors: Counter,
+    breaker_state: Family<TargetLabels, Gauge>,
+    breaker_trips: Family<TargetLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
 }
 
 impl Metrics {
@@ -57,17 +73,57 @@ impl Metrics {
             "Calls to the shared rate-limit store that failed or timed out",
             limits_errors.clone(),
         );
+        let breaker_state = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker of each target: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let breaker_trips = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "breaker_trips",
+            "Times a target's circuit breaker opened",
+            breaker_trips.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Calls to upstream targets (retries and fallbacks included), by outcome",
+            attempts.clone(),
+        );
         Self {
             registry,
             requests,
             config_reloads,
             limits_degraded,
             limits_errors,
+            breaker_state,
+            breaker_trips,
+            attempts,
         }
     }
 
     pub fn set_limits_degraded(&self, degraded: bool) {
         self.limits_degraded.set(i64::from(degraded));
+    }
+
+    /// A breaker's new state (0 closed, 1 half-open, 2 open); `tripped` when it opened.
+    pub fn set_breaker_state(&self, target: &Arc<str>, state: i64, tripped: bool) {
+        let labels = TargetLabels {
+            target: target.clone(),
+        };
+        self.breaker_state.get_or_create(&labels).set(state);
+        if tripped {
+            self.breaker_trips.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn count_attempt(&self, target: &Arc<str>, outcome: &'static str) {
+        let labels = AttemptLabels {
+            target: target.clone(),
+            outcome,
+        };
+        self.attempts.get_or_create(&labels).inc();
     }
 
     pub fn count_limits_error(&self) {

@@ -1,10 +1,11 @@
 //! State that outlives config reloads: built once at start, handed to every snapshot
 //! build: connection pools, rate-limit and budget state, the keys created through the admin
-//! API; breaker state joins them with the resilience layer.
+//! API, each target's health (circuit breakers, latency, retry budgets).
 
 use std::sync::Arc;
 
 use crate::config::schema::LimitsSettings;
+use crate::health::HealthTable;
 use crate::key_store::KeyStore;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ pub struct Shared {
     pub http: HttpClients,
     pub limiter: Arc<Limiter>,
     pub keys: Arc<KeyStore>,
+    pub health: HealthTable,
 }
 
 impl Shared {
@@ -29,6 +31,7 @@ impl Shared {
             http: HttpClients::default(),
             limiter: Arc::new(limiter),
             keys: Arc::new(KeyStore::new(limits)?),
+            health: HealthTable::default(),
         })
     }
 }

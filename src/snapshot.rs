@@ -9,10 +9,11 @@ use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
 use crate::config::schema::{
-    AdminConfig, AuthConfig, LimitsSettings, ProviderConfig, ProviderKind, ProviderTimeouts,
-    ServerConfig,
+    AdminConfig, AuthConfig, LimitsSettings, ModelTimeouts, ProviderConfig, ProviderKind,
+    ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
 };
 use crate::config::{ConfigError, RawConfig};
+use crate::health::TargetHealth;
 use crate::pricing::PriceTable;
 use crate::providers::{self, Provider};
 use crate::shared::Shared;
@@ -28,6 +29,7 @@ pub struct Snapshot {
     pub admin: Option<AdminConfig>,
     pub prices: PriceTable,
     pub limits: LimitsSettings,
+    pub resilience: ResilienceSettings,
 }
 
 pub struct ProviderEntry {
@@ -44,24 +46,46 @@ pub struct ProviderEntry {
 /// A public model and the targets that can serve it.
 pub struct ModelRoute {
     pub name: Arc<str>,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
+    pub strategy: Strategy,
+    /// Public models tried, in order, when every attempt on this one failed (their own
+    /// fallbacks are not followed).
+    pub fallbacks: Vec<Arc<str>>,
+    /// Public models tried instead when the prompt does not fit this one's context window.
+    pub context_fallbacks: Vec<Arc<str>>,
+    pub timeouts: ModelTimeouts,
 }
 
 pub struct Target {
     pub provider: Arc<ProviderEntry>,
     pub upstream_model: Arc<str>,
     pub weight: u32,
+    pub priority: u32,
     pub max_tokens: Option<u64>,
+    pub health: Arc<TargetHealth>,
 }
 
 impl Target {
     pub fn is_usable(&self) -> bool {
         self.weight > 0 && self.provider.unusable.is_none()
     }
+
+    /// This target's timeouts: its provider's, tightened by its model's.
+    pub fn timeouts(&self, model: &ModelTimeouts) -> ProviderTimeouts {
+        let own = self.provider.timeouts;
+        let tighter = |own: std::time::Duration, model: Option<std::time::Duration>| {
+            model.map_or(own, |model| own.min(model))
+        };
+        ProviderTimeouts {
+            connect: own.connect,
+            first_byte: tighter(own.first_byte, model.first_byte),
+            stream_idle: tighter(own.stream_idle, model.stream_idle),
+        }
+    }
 }
 
 impl ModelRoute {
-    pub fn usable_targets(&self) -> impl Iterator<Item = &Target> {
+    pub fn usable_targets(&self) -> impl Iterator<Item = &Arc<Target>> {
         self.targets.iter().filter(|t| t.is_usable())
     }
 
@@ -109,15 +133,31 @@ impl Snapshot {
                 let targets = model
                     .targets
                     .iter()
-                    .map(|t| Target {
-                        // Validation guarantees the provider exists.
-                        provider: providers[t.provider.as_str()].clone(),
-                        upstream_model: Arc::from(t.model.as_deref().unwrap_or(&name)),
-                        weight: t.weight,
-                        max_tokens: t.max_tokens,
+                    .map(|t| {
+                        let upstream_model = t.model.as_deref().unwrap_or(&name);
+                        let budget = &raw.resilience.retry_budget;
+                        Arc::new(Target {
+                            // Validation guarantees the provider exists.
+                            provider: providers[t.provider.as_str()].clone(),
+                            upstream_model: Arc::from(upstream_model),
+                            weight: t.weight,
+                            priority: t.priority,
+                            max_tokens: t.max_tokens,
+                            health: shared.health.get(&t.provider, upstream_model, budget),
+                        })
                     })
                     .collect();
-                (name.clone(), Arc::new(ModelRoute { name, targets }))
+                let names =
+                    |models: &[String]| models.iter().map(|m| Arc::from(m.as_str())).collect();
+                let route = ModelRoute {
+                    name: name.clone(),
+                    targets,
+                    strategy: model.strategy,
+                    fallbacks: names(&model.fallbacks),
+                    context_fallbacks: names(&model.context_fallbacks),
+                    timeouts: model.timeouts,
+                };
+                (name, Arc::new(route))
             })
             .collect();
         let prices = PriceTable::build(&raw.pricing.models).map_err(|message| {
@@ -133,6 +173,7 @@ impl Snapshot {
             admin: raw.admin,
             prices,
             limits: raw.limits,
+            resilience: raw.resilience,
             server: raw.server,
             providers,
             models,

@@ -359,7 +359,8 @@ impl Stream for Metered {
     }
 }
 
-/// Ends a stream with a timeout error when it stays silent for `limit`.
+/// Ends a stream with a timeout error when it stays silent for `limit`, or when it is
+/// still running at `end_by` (the attempt's or the request's deadline).
 ///
 /// The timer is not re-armed for every chunk (that is a timer-wheel update per chunk):
 /// each chunk only notes the time, and when the timer fires early because chunks came in
@@ -369,18 +370,30 @@ pub struct IdleTimeout {
     sleep: Pin<Box<Sleep>>,
     limit: Duration,
     last_item: Instant,
+    started: Instant,
+    end_by: Instant,
     provider: Arc<str>,
 }
 
 impl IdleTimeout {
-    pub fn new(inner: ChunkStream, limit: Duration, provider: Arc<str>) -> Self {
+    pub fn new(inner: ChunkStream, limit: Duration, end_by: Instant, provider: Arc<str>) -> Self {
         let now = Instant::now();
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(now + limit)),
+            sleep: Box::pin(tokio::time::sleep_until((now + limit).min(end_by))),
             limit,
             last_item: now,
+            started: now,
+            end_by,
             provider,
+        }
+    }
+
+    fn timeout(&self, phase: &'static str, after: Duration) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            provider: self.provider.to_string(),
+            phase,
+            after,
         }
     }
 }
@@ -395,15 +408,17 @@ impl Stream for IdleTimeout {
         }
         loop {
             ready!(self.sleep.as_mut().poll(cx));
-            let deadline = self.last_item + self.limit;
-            if deadline <= Instant::now() {
-                return Poll::Ready(Some(Err(GatewayError::UpstreamTimeout {
-                    provider: self.provider.to_string(),
-                    phase: "stream idle",
-                    after: self.limit,
-                })));
+            let now = Instant::now();
+            if self.end_by <= now {
+                let allowed = self.end_by.saturating_duration_since(self.started);
+                return Poll::Ready(Some(Err(self.timeout("stream deadline", allowed))));
             }
-            self.sleep.as_mut().reset(deadline);
+            let deadline = self.last_item + self.limit;
+            if deadline <= now {
+                return Poll::Ready(Some(Err(self.timeout("stream idle", self.limit))));
+            }
+            let next = deadline.min(self.end_by);
+            self.sleep.as_mut().reset(next);
         }
     }
 }
@@ -456,7 +471,9 @@ mod tests {
             chunk()
         });
         let silent = paced.chain(futures_util::stream::pending());
-        let mut stream = IdleTimeout::new(Box::pin(silent), Duration::from_secs(1), "p".into());
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut stream =
+            IdleTimeout::new(Box::pin(silent), Duration::from_secs(1), far, "p".into());
         let started = Instant::now();
         for _ in 0..3 {
             assert!(stream.next().await.unwrap().is_ok());

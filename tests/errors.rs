@@ -226,10 +226,12 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     assert_eq!(last["error"]["code"], "upstream_invalid_response");
     assert_eq!(last["error"]["request_id"], id.as_str());
 
-    // Malformed JSON in one event.
+    // Malformed JSON in one event, after the answer started (before it, the attempt is
+    // retried: tests/resilience.rs).
     let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
         data: vec![
             upstream::chunks("m", &["ok"], false)[0].clone(),
+            upstream::chunks("m", &["ok"], false)[1].clone(),
             "{\"choices\": [".to_owned(),
         ],
         interval: Duration::ZERO,
@@ -238,8 +240,8 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     .await;
     let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
     let events = SseReader::new(response).all().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert!(events[1].contains("\"error\""));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events[2].contains("\"error\""));
 
     // The mock's cut fault behaves like a real cut.
     let config = "providers:\n  m: {kind: mock, mock: {faults: [{cut_after: 2}]}}\nmodels:\n  cut: {targets: [{provider: m}]}\n";
@@ -252,16 +254,18 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
 
 #[tokio::test]
 async fn a_stalled_stream_ends_at_the_idle_timeout() {
+    // The first content comes within the first-byte timeout (2 s), the next event later
+    // than the idle timeout (1 s) allows.
     let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
         data: upstream::chunks("m", &["slow"], false),
-        interval: Duration::from_secs(30),
+        interval: Duration::from_millis(1500),
         done: true,
     })
     .await;
     let response = gateway.chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
     let events = SseReader::new(response).all().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    let last: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    let last: Value = serde_json::from_str(&events[2]).unwrap();
     assert_eq!(last["error"]["code"], "upstream_timeout");
 }
 

@@ -35,6 +35,106 @@ pub struct RawConfig {
     /// The admin API (keys, usage and spend). Off when absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Retries, the request deadline and circuit breakers.
+    #[serde(default)]
+    pub resilience: ResilienceSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceSettings {
+    /// Attempts per model of a request's chain (the model, then its fallbacks), first
+    /// attempt included.
+    pub max_attempts: u32,
+    pub backoff: BackoffSettings,
+    pub retry_budget: RetryBudgetSettings,
+    /// Longest a request may take, all attempts included (a model's `timeouts.total` can
+    /// only shorten it).
+    #[serde(with = "duration")]
+    pub deadline: Duration,
+    pub breaker: BreakerSettings,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: BackoffSettings::default(),
+            retry_budget: RetryBudgetSettings::default(),
+            deadline: Duration::from_secs(600),
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: the n-th retry waits a random time up to
+/// `min(max, base * 2^(n-1))`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffSettings {
+    #[serde(with = "duration")]
+    pub base: Duration,
+    #[serde(with = "duration")]
+    pub max: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Retries a target may get: `ratio` of its recent requests, plus `min_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudgetSettings {
+    pub ratio: f32,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetSettings {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 5,
+        }
+    }
+}
+
+/// When a target's circuit opens: `consecutive_failures` in a row, or a `failure_ratio`
+/// of at least `min_requests` requests in the last `window`. Open, the target gets no
+/// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`), then
+/// `half_open_probes` requests test it; their success closes it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    pub min_requests: u32,
+    #[serde(with = "duration")]
+    pub cooldown: Duration,
+    #[serde(with = "duration")]
+    pub max_cooldown: Duration,
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(30),
+            min_requests: 20,
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(300),
+            half_open_probes: 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,9 +439,12 @@ pub struct ProviderTimeouts {
     /// TCP + TLS connection setup.
     #[serde(with = "duration")]
     pub connect: Duration,
-    /// A whole non-streaming call; for a stream, until the response head arrives.
-    #[serde(with = "duration")]
-    pub request: Duration,
+    /// Until the answer starts: a whole non-streaming answer (providers send it when the
+    /// generation is done), a stream's first chunk with content (time to first token).
+    /// Past it, the attempt is abandoned and retried or failed over. `request` is the
+    /// older name of this key.
+    #[serde(with = "duration", alias = "request")]
+    pub first_byte: Duration,
     /// Longest silence allowed between two pieces of a streamed response.
     #[serde(with = "duration")]
     pub stream_idle: Duration,
@@ -351,7 +454,7 @@ impl Default for ProviderTimeouts {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(5),
-            request: Duration::from_secs(600),
+            first_byte: Duration::from_secs(600),
             stream_idle: Duration::from_secs(120),
         }
     }
@@ -406,6 +509,44 @@ fn always() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub targets: Vec<TargetConfig>,
+    /// How a request picks among the targets.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Public models tried, in order, when every attempt on this one failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Public models tried instead when the prompt does not fit the context window.
+    #[serde(default)]
+    pub context_fallbacks: Vec<String>,
+    /// Tighter timeouts than the providers' for this model.
+    #[serde(default)]
+    pub timeouts: ModelTimeouts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Random, in proportion to the weights.
+    #[default]
+    Weighted,
+    /// The target with the fewest requests in flight from this replica.
+    LeastInFlight,
+    /// The target with the lowest recent latency (time to first content for streams).
+    LowestLatency,
+    /// The first target by `priority` (lowest first) whose circuit is not open.
+    Priority,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelTimeouts {
+    #[serde(with = "duration::option")]
+    pub first_byte: Option<Duration>,
+    #[serde(with = "duration::option")]
+    pub stream_idle: Option<Duration>,
+    /// The whole request, all attempts and fallbacks included.
+    #[serde(with = "duration::option")]
+    pub total: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +559,9 @@ pub struct TargetConfig {
     /// Relative share of traffic among this model's targets.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Order for `strategy: priority` (lowest first; ties in the order written).
+    #[serde(default)]
+    pub priority: u32,
     /// Completion budget when the request sets none, for providers that require one
     /// (anthropic); overrides the provider's `default_max_tokens`.
     #[serde(default)]
@@ -441,5 +585,17 @@ mod duration {
                 "expected a duration such as 500ms, 30s or 5m, got {text:?} ({e})"
             ))
         })
+    }
+    /// An optional duration: absent, or written like any other.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(deserializer).map(Some)
+        }
     }
 }

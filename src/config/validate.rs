@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue};
 use super::ConfigError;
 use super::schema::{
     AdminConfig, BudgetConfig, KeyConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig,
-    ProviderConfig, ProviderKind, RawConfig,
+    ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
 };
 use crate::headers::HOP_BY_HOP;
 
@@ -23,6 +23,7 @@ pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
     }
     validate_auth(config, &mut errors);
     validate_limits_settings(config, &mut errors);
+    validate_resilience(&config.resilience, &mut errors);
     errors.0
 }
 
@@ -246,7 +247,7 @@ fn validate_provider(path: &str, name: &str, provider: &ProviderConfig, errors: 
     validate_name(path, name, errors);
     let timeouts = &provider.timeouts;
     errors.positive(&format!("{path}.timeouts.connect"), timeouts.connect);
-    errors.positive(&format!("{path}.timeouts.request"), timeouts.request);
+    errors.positive(&format!("{path}.timeouts.first_byte"), timeouts.first_byte);
     errors.positive(
         &format!("{path}.timeouts.stream_idle"),
         timeouts.stream_idle,
@@ -436,5 +437,72 @@ fn validate_model(
                 "expected a non-empty model name",
             );
         }
+    }
+    for (key, chain) in [
+        ("fallbacks", &model.fallbacks),
+        ("context_fallbacks", &model.context_fallbacks),
+    ] {
+        for (index, fallback) in chain.iter().enumerate() {
+            let path = format!("{path}.{key}[{index}]");
+            if fallback == name {
+                errors.push(path, "expected another model than this one");
+            } else if !config.models.contains_key(fallback) {
+                errors.push(path, format!("unknown model {fallback:?}"));
+            }
+        }
+    }
+    let timeouts = &model.timeouts;
+    for (key, value) in [
+        ("first_byte", timeouts.first_byte),
+        ("stream_idle", timeouts.stream_idle),
+        ("total", timeouts.total),
+    ] {
+        if let Some(value) = value {
+            errors.positive(&format!("{path}.timeouts.{key}"), value);
+        }
+    }
+}
+
+fn validate_resilience(settings: &ResilienceSettings, errors: &mut Errors) {
+    if settings.max_attempts == 0 {
+        errors.push("resilience.max_attempts", "expected 1 or more");
+    }
+    errors.positive("resilience.deadline", settings.deadline);
+    errors.positive("resilience.backoff.base", settings.backoff.base);
+    if settings.backoff.max < settings.backoff.base {
+        errors.push("resilience.backoff.max", "expected at least backoff.base");
+    }
+    let ratio = settings.retry_budget.ratio;
+    if !(0.0..=10.0).contains(&ratio) {
+        errors.push(
+            "resilience.retry_budget.ratio",
+            "expected a share of requests from 0.0 to 10.0",
+        );
+    }
+    let breaker = &settings.breaker;
+    if breaker.consecutive_failures == 0 {
+        errors.push(
+            "resilience.breaker.consecutive_failures",
+            "expected 1 or more",
+        );
+    }
+    if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
+        errors.push(
+            "resilience.breaker.failure_ratio",
+            "expected a share above 0.0 and at most 1.0",
+        );
+    }
+    if breaker.half_open_probes == 0 {
+        errors.push("resilience.breaker.half_open_probes", "expected 1 or more");
+    }
+    if breaker.window < Duration::from_secs(1) {
+        errors.push("resilience.breaker.window", "expected at least 1s");
+    }
+    errors.positive("resilience.breaker.cooldown", breaker.cooldown);
+    if breaker.max_cooldown < breaker.cooldown {
+        errors.push(
+            "resilience.breaker.max_cooldown",
+            "expected at least breaker.cooldown",
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! DELETE /admin/keys/{name}    revoke
 //! GET    /admin/teams          list
 //! GET    /admin/teams/{name}   show, with its keys, usage and spend
+//! GET    /admin/breakers       every target's circuit breaker (this replica's)
 //! ```
 
 use axum::Router;
@@ -45,6 +46,18 @@ pub fn routes() -> Router<App> {
         )
         .route("/admin/teams", get(list_teams))
         .route("/admin/teams/{name}", get(show_team))
+        .route("/admin/breakers", get(list_breakers))
+}
+
+async fn list_breakers(
+    State(app): State<App>,
+    on: Extension<Listener>,
+    request: Request,
+) -> Response {
+    handle(app, on, request, async |admin, _| {
+        Ok(ok(admin.list_breakers()))
+    })
+    .await
 }
 
 async fn list_keys(State(app): State<App>, on: Extension<Listener>, request: Request) -> Response {

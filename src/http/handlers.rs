@@ -18,6 +18,7 @@ use crate::api::models::{ModelList, ModelObject};
 use crate::app::App;
 use crate::context::{Endpoint, RequestContext, RequestRecord};
 use crate::error::GatewayError;
+use crate::headers::{ATTEMPTS, SHOULD_RETRY, TARGET};
 use crate::limits::{LimitStatus, format_reset};
 use crate::pipeline::{Call, GatewayRequest};
 use crate::snapshot::ModelRoute;
@@ -40,13 +41,32 @@ async fn serve(app: App, request: Request, endpoint: Endpoint, parse: Parser) ->
         endpoint,
         app.metrics.clone(),
     ));
-    let mut response = match run(&app, request, &record, parse).await {
-        Ok(response) => response,
+    let result = run(&app, request, &record, parse).await;
+    let (target, attempts) = record.attempts();
+    let mut response = match result {
+        Ok(mut response) => {
+            if let Some(value) = target.and_then(|t| HeaderValue::from_str(&t).ok()) {
+                response.headers_mut().insert(TARGET, value);
+            }
+            response
+        }
         Err(error) => {
             record.fail(&error);
-            error.into_http(&request_id)
+            let mut response = error.into_http(&request_id);
+            if attempts > 0 {
+                // The gateway already retried as its policy allows: a client that
+                // retried too would multiply the load on a failing provider.
+                let headers = response.headers_mut();
+                headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
+            response
         }
     };
+    if attempts > 0 {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS, HeaderValue::from(attempts));
+    }
     if let Some(status) = record.limit_status() {
         rate_limit_headers(response.headers_mut(), &status);
     }

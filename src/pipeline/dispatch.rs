@@ -1,84 +1,115 @@
-//! The innermost service: sends the call to one target of the route and meters the answer.
+//! One attempt at one target: sends the call, waits for the answer to start, and meters it.
+//! The resilience layer decides which target and how many attempts; this module makes one.
 //!
-//! Reads: `ctx.route`. Writes on the record: the target, the upstream timings, the usage
-//! (the provider's, or an estimate marked as such). Applies the provider's timeouts: the
-//! request timeout until the provider answers (the whole body when not streaming), then
-//! the idle timeout between stream chunks.
+//! An attempt has started answering when a non-streamed answer is complete, or when a
+//! stream has sent its first chunk with content: until then (within the first-byte
+//! timeout) it can fail and be retried without the client seeing anything, so the chunks
+//! before that one are held back. After it, the stream is the client's: it runs under the
+//! idle timeout and the deadline, and a failure ends it with an error event.
+//!
+//! Writes on the record: the attempt's target and price, the upstream timings, the usage
+//! (the provider's, or an estimate marked as such).
 
 use std::future::Future;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use tower::Service;
+use futures_util::StreamExt;
+use tokio::time::Instant;
 
-use super::{Call, GatewayRequest, balance};
-use crate::context::{Mark, RequestRecord};
+use super::Call;
+use crate::config::schema::ProviderTimeouts;
+use crate::context::{Mark, RequestContext, RequestRecord};
 use crate::error::GatewayError;
 use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::snapshot::Target;
-use crate::stream::{IdleTimeout, JsonReply, Metered, Reply};
+use crate::stream::{Chunk, ChunkStream, IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Dispatch;
-
-impl Service<GatewayRequest> for Dispatch {
-    type Response = Reply;
-    type Error = GatewayError;
-    type Future = BoxFuture<'static, Result<Reply, GatewayError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: GatewayRequest) -> Self::Future {
-        Box::pin(dispatch(request))
-    }
+/// An answer that has started: a complete body, or a stream's chunks up to its first
+/// content and the rest of it.
+enum Started {
+    Json(JsonReply),
+    Stream(Vec<Chunk>, Option<ChunkStream>),
 }
 
-async fn dispatch(request: GatewayRequest) -> Result<Reply, GatewayError> {
-    let GatewayRequest { ctx, call } = request;
-    let route = ctx
-        .route
-        .as_ref()
-        .ok_or_else(|| GatewayError::Internal("dispatch reached without a route".into()))?;
-    let target = balance::pick(route).ok_or_else(|| GatewayError::NoUsableTarget {
-        model: route.name.to_string(),
-        reason: "no target has a weight above zero".into(),
-    })?;
+/// Sends `call` to `target` and returns once the answer has started, or fails.
+pub async fn attempt(
+    ctx: &RequestContext,
+    call: &Call,
+    target: &Arc<Target>,
+    timeouts: ProviderTimeouts,
+    deadline: Instant,
+) -> Result<Reply, GatewayError> {
     let record = &ctx.record;
-    record.set_target(target.provider.name.clone(), target.upstream_model.clone());
-    record.set_price(ctx.snapshot.prices.price(&target.upstream_model));
+    let price = ctx.snapshot.prices.price(&target.upstream_model);
+    record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
-    let reply = attempt(target, &call, &record.request_id)
-        .await
-        .inspect_err(|error| log_failure(record, target, error))?;
+    let in_flight = target.health.start();
+    let started = Instant::now();
+    let remaining = deadline.saturating_duration_since(started);
+    let (limit, phase) = if remaining < timeouts.first_byte {
+        (remaining, "request deadline")
+    } else {
+        (timeouts.first_byte, "first byte")
+    };
+    let answer = within(limit, phase, &target.provider.name, async {
+        match send(target, call, &record.request_id).await? {
+            Reply::Json(json) => Ok(Started::Json(json)),
+            Reply::Stream(stream) => first_content(stream).await,
+        }
+    })
+    .await
+    .inspect_err(|error| log_failure(record, target, error))?;
+    target.health.observe_latency(started.elapsed());
     record.mark(Mark::FirstByte);
-    Ok(match reply {
-        Reply::Json(json) => {
-            record.set_usage(json.usage.unwrap_or_else(|| estimate(&call, &json)));
+    Ok(match answer {
+        Started::Json(json) => {
+            record.set_usage(json.usage.unwrap_or_else(|| estimate(call, &json)));
             record.mark(Mark::End);
             Reply::Json(json)
         }
-        Reply::Stream(stream) => {
-            let prompt_estimate = match &call {
+        Started::Stream(held, rest) => {
+            let prompt_estimate = match call {
                 Call::Chat(chat) => estimate_prompt_tokens(chat),
                 Call::Embeddings(_) => 0,
             };
-            let idle = target.provider.timeouts.stream_idle;
-            let stream = IdleTimeout::new(stream, idle, target.provider.name.clone());
+            let rest = rest.map(|rest| {
+                let provider = target.provider.name.clone();
+                IdleTimeout::new(rest, timeouts.stream_idle, deadline, provider)
+            });
+            let stream = futures_util::stream::iter(held.into_iter().map(Ok))
+                .chain(futures_util::stream::iter(rest).flatten())
+                // The target has this request in flight until the stream is dropped.
+                .map(move |item| {
+                    let _ = &in_flight;
+                    item
+                });
             let metered = Metered::new(Box::pin(stream), record.clone(), prompt_estimate);
             Reply::Stream(Box::pin(metered))
         }
     })
 }
 
-/// One call to one target, bounded by the provider's request timeout.
-async fn attempt(target: &Target, call: &Call, request_id: &str) -> Result<Reply, GatewayError> {
+/// Reads a stream up to its first chunk with content (or its clean end). An error before
+/// that fails the attempt.
+async fn first_content(mut stream: ChunkStream) -> Result<Started, GatewayError> {
+    let mut held = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let has_content = chunk.has_content();
+        held.push(chunk);
+        if has_content {
+            return Ok(Started::Stream(held, Some(stream)));
+        }
+    }
+    Ok(Started::Stream(held, None))
+}
+
+/// The provider call itself.
+async fn send(target: &Target, call: &Call, request_id: &str) -> Result<Reply, GatewayError> {
     let provider = &target.provider;
     let model = &target.upstream_model;
-    let timeout = provider.timeouts.request;
     match call {
         Call::Chat(request) => {
             let call = ChatCall {
@@ -87,7 +118,7 @@ async fn attempt(target: &Target, call: &Call, request_id: &str) -> Result<Reply
                 request_id,
                 max_tokens: target.max_tokens,
             };
-            within(timeout, &provider.name, provider.adapter.chat(call)).await
+            provider.adapter.chat(call).await
         }
         Call::Embeddings(request) => {
             let call = EmbeddingsCall {
@@ -95,15 +126,14 @@ async fn attempt(target: &Target, call: &Call, request_id: &str) -> Result<Reply
                 model,
                 request_id,
             };
-            within(timeout, &provider.name, provider.adapter.embeddings(call))
-                .await
-                .map(Reply::Json)
+            provider.adapter.embeddings(call).await.map(Reply::Json)
         }
     }
 }
 
 async fn within<T>(
     limit: Duration,
+    phase: &'static str,
     provider: &str,
     future: impl Future<Output = Result<T, GatewayError>>,
 ) -> Result<T, GatewayError> {
@@ -112,7 +142,7 @@ async fn within<T>(
         .unwrap_or_else(|_| {
             Err(GatewayError::UpstreamTimeout {
                 provider: provider.to_owned(),
-                phase: "response",
+                phase,
                 after: limit,
             })
         })
@@ -142,6 +172,6 @@ fn log_failure(record: &RequestRecord, target: &Target, error: &GatewayError) {
         provider = &*target.provider.name,
         upstream_model = &*target.upstream_model,
         error = %error,
-        "upstream call failed"
+        "upstream attempt failed"
     );
 }

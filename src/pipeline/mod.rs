@@ -10,6 +10,7 @@ pub mod auth;
 pub mod balance;
 pub mod dispatch;
 pub mod limits;
+pub mod resilience;
 pub mod route;
 
 use std::sync::Arc;

@@ -1,0 +1,321 @@
+//! A target's circuit breaker: closed (traffic flows), open (no traffic until a probe is
+//! due), half-open (a few probes test the target; their success closes it, a failure opens
+//! it again with a longer cooldown).
+//!
+//! The request path reads one atomic while the circuit is closed; outcomes take a short
+//! lock to update the counts. State is per replica: every replica learns on its own,
+//! from its own traffic, within `consecutive_failures` requests.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::schema::BreakerSettings;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Closed = 0,
+    HalfOpen = 1,
+    Open = 2,
+}
+
+impl State {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Closed,
+            1 => Self::HalfOpen,
+            _ => Self::Open,
+        }
+    }
+}
+
+/// The rolling window is kept as this many buckets.
+const BUCKETS: usize = 10;
+
+pub struct Breaker {
+    target: Arc<str>,
+    state: AtomicU8,
+    /// Open: when the first probe may go (ms on [`clock`]). Half-open: when another probe
+    /// may go if the last one never reported (its request was cancelled).
+    probe_at: AtomicU64,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    consecutive_failures: u32,
+    /// (bucket start in ms, successes, failures)
+    window: [(u64, u32, u32); BUCKETS],
+    /// Trips since the circuit was last closed: each one doubles the cooldown.
+    trips_in_a_row: u32,
+    trips: u64,
+    probes_left: u32,
+}
+
+/// What the breaker thinks of one request going to its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Closed,
+    Probe,
+}
+
+/// A breaker's state for the admin API.
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub state: State,
+    pub consecutive_failures: u32,
+    pub window_requests: u32,
+    pub window_failures: u32,
+    pub trips: u64,
+    pub next_probe_in_ms: Option<u64>,
+}
+
+impl Breaker {
+    pub fn new(target: Arc<str>) -> Self {
+        Self {
+            target,
+            state: AtomicU8::new(State::Closed as u8),
+            probe_at: AtomicU64::new(0),
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    /// Whether a request could go now, without taking a probe.
+    pub fn is_available(&self) -> bool {
+        match self.state() {
+            State::Closed => true,
+            State::Open => clock() >= self.probe_at.load(Ordering::Relaxed),
+            State::HalfOpen => {
+                self.lock().probes_left > 0 || clock() >= self.probe_at.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Lets a request through, taking a probe when the circuit is not closed.
+    pub fn pass(&self, settings: &BreakerSettings, metrics: &Metrics) -> Option<Pass> {
+        if self.state() == State::Closed {
+            return Some(Pass::Closed);
+        }
+        let now = clock();
+        let mut counts = self.lock();
+        match self.state() {
+            State::Closed => Some(Pass::Closed),
+            State::Open if now >= self.probe_at.load(Ordering::Relaxed) => {
+                counts.probes_left = settings.half_open_probes;
+                self.set_state(State::HalfOpen, metrics, false);
+                tracing::info!(target_name = &*self.target, "circuit half-open: probing");
+                self.take_probe(&mut counts, settings, now)
+            }
+            State::Open => None,
+            State::HalfOpen => self.take_probe(&mut counts, settings, now),
+        }
+    }
+
+    fn take_probe(
+        &self,
+        counts: &mut Counts,
+        settings: &BreakerSettings,
+        now: u64,
+    ) -> Option<Pass> {
+        if counts.probes_left == 0 && now < self.probe_at.load(Ordering::Relaxed) {
+            return None;
+        }
+        counts.probes_left = counts.probes_left.saturating_sub(1);
+        self.probe_at
+            .store(now + millis(settings.cooldown), Ordering::Relaxed);
+        Some(Pass::Probe)
+    }
+
+    /// Records how a request that went to the target ended. `failed` counts only failures
+    /// that say something about the target (not a client's bad request).
+    pub fn record(&self, failed: bool, settings: &BreakerSettings, metrics: &Metrics) {
+        let now = clock();
+        let mut counts = self.lock();
+        count_in_window(&mut counts, settings.window, now, failed);
+        if !failed {
+            counts.consecutive_failures = 0;
+            if self.state() != State::Closed {
+                counts.trips_in_a_row = 0;
+                self.set_state(State::Closed, metrics, false);
+                tracing::info!(
+                    target_name = &*self.target,
+                    "circuit closed: the target answered"
+                );
+            }
+            return;
+        }
+        counts.consecutive_failures += 1;
+        let trip = match self.state() {
+            State::HalfOpen => true,
+            State::Open => false,
+            State::Closed => {
+                let (requests, failures) = window_totals(&counts, settings.window, now);
+                counts.consecutive_failures >= settings.consecutive_failures
+                    || (requests >= settings.min_requests
+                        && f64::from(failures) >= settings.failure_ratio * f64::from(requests))
+            }
+        };
+        if trip {
+            let cooldown = settings
+                .cooldown
+                .saturating_mul(1 << counts.trips_in_a_row.min(16))
+                .min(settings.max_cooldown);
+            counts.trips_in_a_row += 1;
+            counts.trips += 1;
+            counts.probes_left = 0;
+            self.probe_at
+                .store(now + millis(cooldown), Ordering::Relaxed);
+            self.set_state(State::Open, metrics, true);
+            tracing::info!(
+                target_name = &*self.target,
+                cooldown = %humantime::format_duration(cooldown),
+                consecutive_failures = counts.consecutive_failures,
+                "circuit open: the target is skipped until a probe is due"
+            );
+        }
+    }
+
+    /// How long until a probe may go (zero when one may go now).
+    pub fn next_probe_in(&self) -> Duration {
+        Duration::from_millis(
+            self.probe_at
+                .load(Ordering::Relaxed)
+                .saturating_sub(clock()),
+        )
+    }
+
+    pub fn view(&self, settings: &BreakerSettings) -> View {
+        let counts = self.lock();
+        let (window_requests, window_failures) = window_totals(&counts, settings.window, clock());
+        let state = self.state();
+        View {
+            state,
+            consecutive_failures: counts.consecutive_failures,
+            window_requests,
+            window_failures,
+            trips: counts.trips,
+            next_probe_in_ms: (state != State::Closed)
+                .then(|| self.next_probe_in().as_millis() as u64),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: State, metrics: &Metrics, tripped: bool) {
+        self.state.store(state as u8, Ordering::Release);
+        metrics.set_breaker_state(&self.target, state as i64, tripped);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn count_in_window(counts: &mut Counts, window: Duration, now: u64, failed: bool) {
+    let width = (millis(window) / BUCKETS as u64).max(1);
+    let start = now - now % width;
+    let bucket = &mut counts.window[(now / width) as usize % BUCKETS];
+    if bucket.0 != start {
+        *bucket = (start, 0, 0);
+    }
+    if failed {
+        bucket.2 += 1;
+    } else {
+        bucket.1 += 1;
+    }
+}
+
+/// (requests, failures) in the buckets that are still inside the window.
+fn window_totals(counts: &Counts, window: Duration, now: u64) -> (u32, u32) {
+    counts
+        .window
+        .iter()
+        .filter(|(start, ..)| start + millis(window) > now)
+        .fold((0, 0), |(requests, failures), (_, ok, failed)| {
+            (requests + ok + failed, failures + failed)
+        })
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+/// Milliseconds on a monotonic clock (since its first use; never 0 after that, so 0 can
+/// mean "now" in `probe_at`).
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    millis(START.get_or_init(Instant::now).elapsed()) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            consecutive_failures: 3,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 10,
+            cooldown: Duration::from_millis(30),
+            max_cooldown: Duration::from_millis(100),
+            half_open_probes: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn opens_on_consecutive_failures_probes_after_the_cooldown_and_closes() {
+        let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
+        for _ in 0..3 {
+            assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Closed));
+            breaker.record(true, &settings, &metrics);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(breaker.pass(&settings, &metrics), None);
+        tokio::time::sleep(Duration::from_millis(35)).await;
+        assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+        assert_eq!(
+            breaker.pass(&settings, &metrics),
+            None,
+            "one probe at a time"
+        );
+        // The probe fails: open again, for twice as long.
+        breaker.record(true, &settings, &metrics);
+        assert_eq!(breaker.state(), State::Open);
+        assert!(breaker.next_probe_in() > Duration::from_millis(35));
+        tokio::time::sleep(Duration::from_millis(65)).await;
+        assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+        breaker.record(false, &settings, &metrics);
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.view(&settings).trips, 2);
+    }
+
+    #[test]
+    fn opens_on_a_failure_ratio_with_enough_requests() {
+        let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
+        for i in 0..10 {
+            breaker.record(i % 2 == 1, &settings, &metrics);
+            assert_eq!(breaker.state() == State::Open, i == 9, "request {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_never_reports_is_replaced_after_the_cooldown() {
+        let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
+        for _ in 0..3 {
+            breaker.record(true, &settings, &metrics);
+        }
+        tokio::time::sleep(Duration::from_millis(35)).await;
+        assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+        assert!(!breaker.is_available());
+        tokio::time::sleep(Duration::from_millis(35)).await;
+        assert!(breaker.is_available());
+        assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+    }
+}
