@@ -53,9 +53,10 @@ impl Endpoint {
 /// Moments in a request's life, measured from when the edge received it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
-    /// The first upstream attempt started.
+    /// The first upstream attempt started (retries and fallbacks come after it).
     pub upstream_start: Option<Duration>,
-    /// The upstream answered: the response head of a stream, the whole body otherwise.
+    /// The answer started (the attempt that served it): a stream's first chunk with
+    /// content (the chunks before it are held until then), the whole body otherwise.
     pub first_byte: Option<Duration>,
     /// The first chunk carrying content (text, tool call, refusal) arrived.
     pub first_content: Option<Duration>,

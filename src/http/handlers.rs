@@ -62,11 +62,9 @@ async fn serve(app: App, request: Request, endpoint: Endpoint, parse: Parser) ->
             response
         }
     };
-    if attempts > 0 {
-        response
-            .headers_mut()
-            .insert(ATTEMPTS, HeaderValue::from(attempts));
-    }
+    response
+        .headers_mut()
+        .insert(ATTEMPTS, HeaderValue::from(attempts));
     if let Some(status) = record.limit_status() {
         rate_limit_headers(response.headers_mut(), &status);
     }

@@ -44,7 +44,31 @@ pub enum Behavior {
     },
     /// Accepts the request and never answers.
     Hang,
+    /// Accepts the request (reads it whole), then closes the connection without sending
+    /// any response: the gateway sees a connection error.
+    Reset,
+    /// SSE: each event's data, sent `interval` apart, then the connection is closed
+    /// abruptly (the chunked body is never terminated: no `[DONE]`, no clean end).
+    Cut {
+        data: Vec<String>,
+        interval: Duration,
+    },
+    /// SSE: each event's data, sent `interval` apart, then silence forever with the
+    /// connection open.
+    Stall {
+        data: Vec<String>,
+        interval: Duration,
+    },
+    /// SSE: each event's data after its own delay (counted from the previous event, or
+    /// from the response head for the first), then `data: [DONE]` if `done`.
+    Timed {
+        events: Vec<(Duration, String)>,
+        done: bool,
+    },
 }
+
+/// The data of an SSE event that is not valid JSON.
+pub const MALFORMED_EVENT: &str = "{\"choices\": [";
 
 type Script = dyn Fn(&Received) -> Behavior + Send + Sync;
 
@@ -52,6 +76,7 @@ type Script = dyn Fn(&Received) -> Behavior + Send + Sync;
 struct Shared {
     script: Arc<Script>,
     received: Arc<Mutex<Vec<Received>>>,
+    received_at: Arc<Mutex<Vec<Instant>>>,
     /// Reports when a streamed response ended: `true` if it was sent whole, `false` if the
     /// other side went away first.
     stream_ends: mpsc::UnboundedSender<(bool, Instant)>,
@@ -60,6 +85,7 @@ struct Shared {
 pub struct Upstream {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
+    received_at: Arc<Mutex<Vec<Instant>>>,
     pub stream_ends: mpsc::UnboundedReceiver<(bool, Instant)>,
 }
 
@@ -68,9 +94,11 @@ impl Upstream {
         super::init_logging();
         let (stream_ends, ends) = mpsc::unbounded_channel();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let received_at = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
             script: Arc::new(script),
             received: received.clone(),
+            received_at: received_at.clone(),
             stream_ends,
         };
         let app = Router::new()
@@ -83,6 +111,7 @@ impl Upstream {
         Self {
             base_url: format!("http://{addr}/v1"),
             received,
+            received_at,
             stream_ends: ends,
         }
     }
@@ -90,6 +119,11 @@ impl Upstream {
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// When each request (in the order of `received()`) arrived: its head was read.
+    pub fn received_at(&self) -> Vec<Instant> {
+        self.received_at.lock().unwrap().clone()
     }
 
     pub fn last(&self) -> Received {
@@ -100,6 +134,7 @@ impl Upstream {
 }
 
 async fn handle(State(shared): State<Shared>, request: Request) -> Response {
+    let at = Instant::now();
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let received = Received {
@@ -108,7 +143,12 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     };
     let behavior = (shared.script)(&received);
-    shared.received.lock().unwrap().push(received);
+    {
+        // One lock order for both, so `received()[i]` arrived at `received_at()[i]`.
+        let mut all = shared.received.lock().unwrap();
+        all.push(received);
+        shared.received_at.lock().unwrap().push(at);
+    }
     match behavior {
         Behavior::Json(value) => {
             ([("content-type", "application/json")], value.to_string()).into_response()
@@ -133,7 +173,99 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
             std::future::pending::<()>().await;
             unreachable!()
         }
+        Behavior::Reset => {
+            // Unwinds the connection's task: hyper never writes a response and the socket
+            // is closed. `resume_unwind` skips the panic hook, so nothing is printed.
+            std::panic::resume_unwind(Box::new("reset"))
+        }
+        Behavior::Cut { data, interval } => {
+            timed_sse_response(spaced(data, interval), StreamEnd::Cut, shared.stream_ends)
+        }
+        Behavior::Stall { data, interval } => {
+            timed_sse_response(spaced(data, interval), StreamEnd::Stall, shared.stream_ends)
+        }
+        Behavior::Timed { events, done } => {
+            let end = if done {
+                StreamEnd::Done
+            } else {
+                StreamEnd::Clean
+            };
+            timed_sse_response(events, end, shared.stream_ends)
+        }
     }
+}
+
+/// Events `interval` apart, the first at once.
+fn spaced(data: Vec<String>, interval: Duration) -> Vec<(Duration, String)> {
+    data.into_iter()
+        .enumerate()
+        .map(|(i, d)| (if i == 0 { Duration::ZERO } else { interval }, d))
+        .collect()
+}
+
+/// How a timed event stream ends after its events.
+#[derive(Clone, Copy, PartialEq)]
+enum StreamEnd {
+    /// `data: [DONE]`, then a clean end of the body.
+    Done,
+    /// A clean end of the body, without `[DONE]`.
+    Clean,
+    /// The body fails: hyper closes the connection without terminating the chunked body.
+    Cut,
+    /// Nothing more, ever; the connection stays open.
+    Stall,
+}
+
+fn timed_sse_response(
+    events: Vec<(Duration, String)>,
+    end: StreamEnd,
+    ends: mpsc::UnboundedSender<(bool, Instant)>,
+) -> Response {
+    let mut frames: Vec<(Duration, String)> = events
+        .into_iter()
+        .map(|(delay, d)| (delay, format!("data: {d}\n\n")))
+        .collect();
+    if end == StreamEnd::Done {
+        frames.push((Duration::ZERO, "data: [DONE]\n\n".to_owned()));
+    }
+    let guard = Arc::new(Mutex::new(EndGuard {
+        complete: false,
+        ends,
+    }));
+    let sent = futures_util::stream::iter(frames).then(|(delay, frame)| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(frame))
+    });
+    let tail = futures_util::stream::once(async move {
+        match end {
+            StreamEnd::Done | StreamEnd::Clean => {
+                guard.lock().unwrap().complete = true;
+                None
+            }
+            StreamEnd::Cut => {
+                // Long enough for hyper to flush the last event before the cut.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(guard);
+                Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "cut by the test upstream",
+                )))
+            }
+            StreamEnd::Stall => {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        }
+    })
+    .filter_map(std::future::ready);
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(sent.chain(tail)),
+    )
+        .into_response()
 }
 
 /// Reports how a response stream ended when it is dropped.
