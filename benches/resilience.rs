@@ -1,0 +1,51 @@
+//! What the resilience layer adds to a request that does not fail: choosing a target by
+//! each strategy (the breakers are read on the way) and recording the attempt's outcome on
+//! the target's breaker and latency.
+//!
+//! `cargo bench --bench resilience`. The model has three targets, as a failover setup would.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::Duration;
+use switchyard::config::parse;
+use switchyard::pipeline::balance;
+use switchyard::shared::Shared;
+use switchyard::snapshot::Snapshot;
+
+const CONFIG: &str = r#"
+providers:
+  one: {kind: mock}
+  two: {kind: mock}
+  three: {kind: mock}
+models:
+  weighted: {targets: [{provider: one}, {provider: two}, {provider: three}]}
+  least_in_flight: {strategy: least_in_flight, targets: [{provider: one}, {provider: two}, {provider: three}]}
+  lowest_latency: {strategy: lowest_latency, targets: [{provider: one}, {provider: two}, {provider: three}]}
+  priority: {strategy: priority, targets: [{provider: one}, {provider: two}, {provider: three}]}
+"#;
+
+fn resilience(c: &mut Criterion) {
+    let shared = Shared::default();
+    let raw = parse(CONFIG, |_| None).unwrap_or_else(|e| panic!("{e:?}"));
+    let snapshot = Snapshot::build(raw, &shared).unwrap_or_else(|e| panic!("{e:?}"));
+    let settings = &snapshot.resilience.breaker;
+    let mut group = c.benchmark_group("resilience");
+    for (name, route) in &snapshot.models {
+        group.bench_function(format!("pick_{name}"), |b| {
+            b.iter(|| balance::pick(black_box(route), &[], settings, &shared.metrics))
+        });
+    }
+    let target = &snapshot.models["weighted"].targets[0];
+    group.bench_function("record_success", |b| {
+        b.iter(|| {
+            let health = black_box(&target.health);
+            health.breaker.record(false, settings, &shared.metrics);
+            health.observe_latency(Duration::from_millis(80));
+            shared.metrics.count_attempt(&health.name, "success");
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, resilience);
+criterion_main!(benches);
