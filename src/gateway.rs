@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::{self, App};
 use crate::config::{ConfigErrors, ConfigSource};
+use crate::health;
 use crate::reload::{self, ConfigStore};
 use crate::server::{self, ServerOptions};
 
@@ -41,7 +42,7 @@ pub struct Gateway {
     pub store: Arc<ConfigStore>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
-    /// Reload watcher, key follower: stopped at shutdown.
+    /// Reload watcher, key follower, health checks: stopped at shutdown.
     background: Vec<JoinHandle<()>>,
 }
 
@@ -57,6 +58,7 @@ impl Gateway {
         };
         let mut background = vec![reload::watch(store.clone()).map_err(StartError::Watch)?];
         background.extend(store.shared().keys.follow());
+        background.push(health::checks::start(store.clone()));
         let (stop, stopped) = watch::channel(false);
         let app = App::new(store.clone());
         let (addr, public) = public;

@@ -9,8 +9,8 @@ use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
 use crate::config::schema::{
-    AdminConfig, AuthConfig, LimitsSettings, ModelTimeouts, ProviderConfig, ProviderKind,
-    ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
+    AdminConfig, AuthConfig, HealthCheckConfig, LimitsSettings, ModelTimeouts, ProviderConfig,
+    ProviderKind, ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
 };
 use crate::config::{ConfigError, RawConfig};
 use crate::health::TargetHealth;
@@ -37,6 +37,7 @@ pub struct ProviderEntry {
     pub kind: ProviderKind,
     pub adapter: Arc<dyn Provider>,
     pub timeouts: ProviderTimeouts,
+    pub health_check: Option<HealthCheckConfig>,
     /// Why this provider cannot serve requests (for example, its key is not set).
     pub unusable: Option<String>,
     /// For `check-config`: where it sends requests.
@@ -232,6 +233,7 @@ fn build_provider(
         kind: config.kind,
         adapter,
         timeouts: config.timeouts,
+        health_check: config.health_check,
         unusable,
         base_url: providers::base_url(config),
     })

@@ -831,6 +831,73 @@ async fn an_outage_trips_the_breaker_traffic_falls_back_and_returns_after_recove
     assert_eq!(state["state"], "closed", "{state}");
 }
 
+/// Polls `/admin/breakers` until `target` is in `state`; how long it took.
+async fn until_breaker(
+    gateway: &TestGateway,
+    target: &str,
+    state: &str,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let entry = breaker(gateway, target).await;
+        if entry["state"] == state {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "not {state} within {within:?}: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_checks_open_and_close_the_breaker_without_client_traffic() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let is_down = down.clone();
+    let upstream = Upstream::start(move |r: &Received| {
+        if is_down.load(Ordering::SeqCst) {
+            unavailable()
+        } else {
+            ok(r)
+        }
+    })
+    .await;
+    let gateway = TestGateway::start(&config(
+        &format!(
+            "{}    health_check: {{interval: 100ms, timeout: 500ms}}\n",
+            provider("up", &upstream.base_url, TIMEOUTS)
+        ),
+        ONLY_A,
+        "breaker: {consecutive_failures: 3, cooldown: 300ms, max_cooldown: 300ms}",
+    ))
+    .await;
+    // Three failed checks in a row open the circuit: no client has sent anything.
+    until_breaker(&gateway, "up/a", "open", Duration::from_secs(3)).await;
+    let checks = upstream.received();
+    assert!(checks.len() >= 3, "{}", checks.len());
+    assert_eq!(checks[0].body["max_tokens"], 1, "a one-token check");
+    assert_eq!(checks[0].body["model"], "a");
+    // While open, checks wait for the probe: one per cooldown, not one per interval.
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let while_open = upstream.received().len() - checks.len();
+    assert!(
+        while_open <= 3,
+        "{while_open} checks in 650 ms of a 300 ms cooldown"
+    );
+    // The target recovers: the next probe (a check) closes the circuit, and clients get it.
+    down.store(false, Ordering::SeqCst);
+    let took = until_breaker(&gateway, "up/a", "closed", Duration::from_secs(2)).await;
+    assert!(
+        took < Duration::from_millis(300 + 100 + 500),
+        "closed after {took:?}"
+    );
+    let response = gateway.chat(&ask("primary")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(attempts(&response), 1);
+}
+
 #[tokio::test]
 async fn an_open_breaker_fails_fast_with_circuit_open() {
     let upstream = Upstream::start(|_: &Received| unavailable()).await;

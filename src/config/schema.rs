@@ -414,6 +414,9 @@ pub struct ProviderConfig {
     pub headers: IndexMap<String, String>,
     #[serde(default)]
     pub timeouts: ProviderTimeouts,
+    /// Active health checks of this provider's targets (off when absent).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
     /// Behaviour of a `mock` provider.
     #[serde(default)]
     pub mock: Option<MockConfig>,
@@ -431,6 +434,22 @@ pub struct ProviderConfig {
     /// or dropped.
     #[serde(default)]
     pub unsupported_params: Option<UnsupportedParams>,
+}
+
+/// A one-token chat completion sent to each of the provider's targets every `interval`;
+/// its outcome feeds the target's circuit breaker (and, while the circuit is open, it is
+/// the probe, so client requests are not).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "health_check_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn health_check_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -248,6 +248,15 @@ fn validate_provider(path: &str, name: &str, provider: &ProviderConfig, errors: 
     let timeouts = &provider.timeouts;
     errors.positive(&format!("{path}.timeouts.connect"), timeouts.connect);
     errors.positive(&format!("{path}.timeouts.first_byte"), timeouts.first_byte);
+    if let Some(check) = &provider.health_check {
+        if check.interval < Duration::from_millis(100) {
+            errors.push(
+                format!("{path}.health_check.interval"),
+                "expected at least 100ms",
+            );
+        }
+        errors.positive(&format!("{path}.health_check.timeout"), check.timeout);
+    }
     errors.positive(
         &format!("{path}.timeouts.stream_idle"),
         timeouts.stream_idle,

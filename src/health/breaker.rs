@@ -7,11 +7,12 @@
 //! from its own traffic, within `consecutive_failures` requests.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
+use super::{clock, millis};
 use crate::config::schema::BreakerSettings;
 use crate::metrics::Metrics;
 
@@ -240,17 +241,6 @@ fn window_totals(counts: &Counts, window: Duration, now: u64) -> (u32, u32) {
         .fold((0, 0), |(requests, failures), (_, ok, failed)| {
             (requests + ok + failed, failures + failed)
         })
-}
-
-fn millis(duration: Duration) -> u64 {
-    duration.as_millis() as u64
-}
-
-/// Milliseconds on a monotonic clock (since its first use; never 0 after that, so 0 can
-/// mean "now" in `probe_at`).
-fn clock() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    millis(START.get_or_init(Instant::now).elapsed()) + 1
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! the request path never looks one up.
 
 pub mod breaker;
+pub mod checks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -26,6 +27,8 @@ pub struct TargetHealth {
     /// Exponentially weighted latency in µs (0: never measured).
     latency_us: AtomicU64,
     retries: TpsBudget,
+    /// When the next active health check is due (ms on [`clock`]).
+    next_check: AtomicU64,
 }
 
 impl TargetHealth {
@@ -36,6 +39,7 @@ impl TargetHealth {
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU64::new(0),
             retries: TpsBudget::new(BUDGET_WINDOW, budget.min_per_second, budget.ratio),
+            next_check: AtomicU64::new(0),
         }
     }
 
@@ -66,6 +70,23 @@ impl TargetHealth {
                     (old * 7 + sample * 3) / 10
                 })
             });
+    }
+
+    /// Whether a health check is due; if so, the next one is booked `interval` later (so
+    /// a target shared by several models is checked once).
+    pub fn claim_check(&self, interval: Duration) -> bool {
+        let now = clock();
+        let due = self.next_check.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .next_check
+                .compare_exchange(
+                    due,
+                    now + millis(interval),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
     }
 
     /// A first attempt: earns the target retries.
@@ -108,4 +129,15 @@ impl HealthTable {
             .or_insert_with(|| Arc::new(TargetHealth::new(name, budget)))
             .clone()
     }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+/// Milliseconds on a monotonic clock (since its first use; never 0 after that, so 0 can
+/// mean "now").
+pub(crate) fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    millis(START.get_or_init(Instant::now).elapsed()) + 1
 }
