@@ -831,6 +831,33 @@ async fn an_outage_trips_the_breaker_traffic_falls_back_and_returns_after_recove
     assert_eq!(state["state"], "closed", "{state}");
 }
 
+#[tokio::test]
+async fn streams_cut_after_their_first_content_count_against_the_target() {
+    let upstream = primary_fails(|_: &Received| {
+        let data = upstream::chunks("a", &["Hello ", "wor"], false);
+        Behavior::Cut {
+            data: data[..3].to_vec(),
+            interval: Duration::from_millis(5),
+        }
+    })
+    .await;
+    let gateway = TestGateway::start(&config_up(
+        &upstream,
+        PRIMARY_WITH_BACKUP,
+        "max_attempts: 3\n  breaker: {consecutive_failures: 3, cooldown: 10s}",
+    ))
+    .await;
+    for _ in 0..3 {
+        let response = gateway.chat(&ask_stream("primary")).await;
+        assert_eq!(target(&response).as_deref(), Some("up/a"));
+        assert_ends_with_error(&events_within(response, Duration::from_secs(5)).await);
+    }
+    assert_eq!(breaker(&gateway, "up/a").await["state"], "open");
+    let response = gateway.chat(&ask_stream("primary")).await;
+    assert_eq!(target(&response).as_deref(), Some("up/b"));
+    assert_clean(&events_within(response, Duration::from_secs(5)).await);
+}
+
 /// Polls `/admin/breakers` until `target` is in `state`; how long it took.
 async fn until_breaker(
     gateway: &TestGateway,

@@ -103,6 +103,12 @@ impl TargetHealth {
 /// A request in flight to a target.
 pub struct InFlight(Arc<TargetHealth>);
 
+impl InFlight {
+    pub fn health(&self) -> &TargetHealth {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -5,17 +5,16 @@
 use std::sync::Arc;
 
 use crate::config::schema::{BreakerSettings, Strategy};
-use crate::health::breaker::Pass;
 use crate::metrics::Metrics;
 use crate::snapshot::{ModelRoute, Target};
 
-/// A target and the breaker's pass for it, or `None` when no candidate is left.
+/// A target whose breaker let the request through, or `None` when no candidate is left.
 pub fn pick(
     route: &ModelRoute,
     exclude: &[Arc<Target>],
     breaker: &BreakerSettings,
     metrics: &Metrics,
-) -> Option<(Arc<Target>, Pass)> {
+) -> Option<Arc<Target>> {
     let mut candidates: Vec<&Arc<Target>> = route
         .usable_targets()
         .filter(|t| !exclude.iter().any(|e| Arc::ptr_eq(e, t)))
@@ -25,8 +24,8 @@ pub fn pick(
     // took the last probe): drop that candidate and choose again.
     while let Some(index) = choose(route.strategy, &candidates) {
         let target = candidates.swap_remove(index);
-        if let Some(pass) = target.health.breaker.pass(breaker, metrics) {
-            return Some((target.clone(), pass));
+        if target.health.breaker.pass(breaker, metrics).is_some() {
+            return Some(target.clone());
         }
     }
     None

@@ -8,21 +8,25 @@
 //! idle timeout and the deadline, and a failure ends it with an error event.
 //!
 //! Writes on the record: the attempt's target and price, the upstream timings, the usage
-//! (the provider's, or an estimate marked as such).
+//! (the provider's, or an estimate marked as such). Records the attempt's outcome on its
+//! target's breaker: a stream's when it ends.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::Call;
 use crate::config::schema::ProviderTimeouts;
 use crate::context::{Mark, RequestContext, RequestRecord};
 use crate::error::GatewayError;
+use crate::health::InFlight;
 use crate::providers::{ChatCall, EmbeddingsCall};
-use crate::snapshot::Target;
+use crate::snapshot::{Snapshot, Target};
 use crate::stream::{Chunk, ChunkStream, IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
@@ -45,7 +49,11 @@ pub async fn attempt(
     let price = ctx.snapshot.prices.price(&target.upstream_model);
     record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
-    let in_flight = target.health.start();
+    let outcome = Outcome {
+        in_flight: target.health.start(),
+        snapshot: ctx.snapshot.clone(),
+        record: record.clone(),
+    };
     let started = Instant::now();
     let remaining = deadline.saturating_duration_since(started);
     let (limit, phase) = if remaining < timeouts.first_byte {
@@ -59,12 +67,20 @@ pub async fn attempt(
             Reply::Stream(stream) => first_content(stream).await,
         }
     })
-    .await
-    .inspect_err(|error| log_failure(record, target, error))?;
+    .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            log_failure(record, target, &error);
+            outcome.finish(Some(&error));
+            return Err(error);
+        }
+    };
     target.health.observe_latency(started.elapsed());
     record.mark(Mark::FirstByte);
     Ok(match answer {
         Started::Json(json) => {
+            outcome.finish(None);
             record.set_usage(json.usage.unwrap_or_else(|| estimate(call, &json)));
             record.mark(Mark::End);
             Reply::Json(json)
@@ -79,16 +95,63 @@ pub async fn attempt(
                 IdleTimeout::new(rest, timeouts.stream_idle, deadline, provider)
             });
             let stream = futures_util::stream::iter(held.into_iter().map(Ok))
-                .chain(futures_util::stream::iter(rest).flatten())
-                // The target has this request in flight until the stream is dropped.
-                .map(move |item| {
-                    let _ = &in_flight;
-                    item
-                });
-            let metered = Metered::new(Box::pin(stream), record.clone(), prompt_estimate);
+                .chain(futures_util::stream::iter(rest).flatten());
+            let watched = Watched {
+                inner: Box::pin(stream),
+                outcome: Some(outcome),
+            };
+            let metered = Metered::new(Box::pin(watched), record.clone(), prompt_estimate);
             Reply::Stream(Box::pin(metered))
         }
     })
+}
+
+/// How an attempt ended, for its target: recorded once on the target's breaker (only a
+/// failure that says something about the target counts against it, not a client's bad
+/// request) and in the attempts metric. Holds the target's in-flight count meanwhile.
+struct Outcome {
+    in_flight: InFlight,
+    snapshot: Arc<Snapshot>,
+    record: Arc<RequestRecord>,
+}
+
+impl Outcome {
+    fn finish(self, error: Option<&GatewayError>) {
+        let health = self.in_flight.health();
+        let metrics = self.record.metrics();
+        let failed = error.is_some_and(GatewayError::is_retryable);
+        health
+            .breaker
+            .record(failed, &self.snapshot.resilience.breaker, metrics);
+        metrics.count_attempt(&health.name, error.map_or("success", GatewayError::label));
+    }
+}
+
+/// A started stream on its way to the client: its attempt's outcome is recorded when it
+/// ends, cleanly or with an error (a stream cut after its first content still counts
+/// against the target).
+struct Watched {
+    inner: ChunkStream,
+    outcome: Option<Outcome>,
+}
+
+impl Stream for Watched {
+    type Item = Result<Chunk, GatewayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.inner.as_mut().poll_next(cx));
+        let ended = match &item {
+            None => Some(None),
+            Some(Err(error)) => Some(Some(error)),
+            Some(Ok(_)) => None,
+        };
+        if let Some(error) = ended
+            && let Some(outcome) = self.outcome.take()
+        {
+            outcome.finish(error);
+        }
+        Poll::Ready(item)
+    }
 }
 
 /// Reads a stream up to its first chunk with content (or its clean end). An error before

@@ -111,7 +111,7 @@ async fn run_model(
     let mut failed: Vec<Arc<Target>> = Vec::new();
     let mut last_error = None;
     for retry in 0..settings.max_attempts {
-        let (target, _pass) = match balance::pick(model, &failed, &settings.breaker, metrics) {
+        let target = match balance::pick(model, &failed, &settings.breaker, metrics) {
             Some(fresh) => fresh,
             None => {
                 let Some(error) = last_error else {
@@ -125,10 +125,10 @@ async fn run_model(
                 let Some(pause) = pause(settings, retry, &error, deadline, has_fallback) else {
                     return Err(error);
                 };
-                if !again.0.health.withdraw_retry() {
+                if !again.health.withdraw_retry() {
                     tracing::warn!(
                         request_id = &*ctx.record.request_id,
-                        target_name = &*again.0.health.name,
+                        target_name = &*again.health.name,
                         "retry budget spent: not retrying"
                     );
                     return Err(error);
@@ -141,21 +141,10 @@ async fn run_model(
             target.health.deposit();
         }
         let timeouts = target.timeouts(&model.timeouts);
-        let outcome = dispatch::attempt(ctx, call, &target, timeouts, deadline).await;
-        let breaker = &target.health.breaker;
-        match outcome {
-            Ok(reply) => {
-                breaker.record(false, &settings.breaker, metrics);
-                metrics.count_attempt(&target.health.name, "success");
-                return Ok(reply);
-            }
+        match dispatch::attempt(ctx, call, &target, timeouts, deadline).await {
+            Ok(reply) => return Ok(reply),
             Err(error) => {
-                // Only a failure that says something about the target counts against it
-                // (a client's bad request does not).
-                let target_failed = error.is_retryable();
-                breaker.record(target_failed, &settings.breaker, metrics);
-                metrics.count_attempt(&target.health.name, error.label());
-                if !target_failed {
+                if !error.is_retryable() {
                     return Err(error);
                 }
                 if Instant::now() >= deadline {
