@@ -1235,3 +1235,113 @@ async fn the_emulators_reset_and_cut_are_transport_errors_unlike_a_clean_end() {
         "{clean}"
     );
 }
+
+// ---- strategies
+
+/// A stream from `model` whose first content comes after `delay`.
+fn slow_stream(model: &str, delay: Duration) -> Behavior {
+    let data = upstream::chunks(model, &["answer ", "from ", model], false);
+    Behavior::Timed {
+        events: data
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| (if i == 1 { delay } else { Duration::ZERO }, event))
+            .collect(),
+        done: true,
+    }
+}
+
+/// `primary` with targets `up/a` and `up/b` under `strategy`.
+fn two_targets(strategy: &str) -> String {
+    format!(
+        "  primary: {{strategy: {strategy}, targets: [{{provider: up, model: a}}, {{provider: up, model: b}}]}}\n"
+    )
+}
+
+#[tokio::test]
+async fn priority_sends_everything_to_the_first_target_until_it_fails() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fail = failing.clone();
+    let upstream = Upstream::start(move |r: &Received| {
+        if model_of(r) == "a" && fail.load(Ordering::SeqCst) {
+            unavailable()
+        } else {
+            ok(r)
+        }
+    })
+    .await;
+    let models = "  primary: {strategy: priority, targets: [{provider: up, model: b, priority: 2}, {provider: up, model: a, priority: 1}]}\n";
+    let gateway = TestGateway::start(&config_up(&upstream, models, QUICK)).await;
+    for _ in 0..10 {
+        let response = gateway.chat(&ask("primary")).await;
+        assert_eq!(
+            target(&response).as_deref(),
+            Some("up/a"),
+            "priority 1 first"
+        );
+    }
+    failing.store(true, Ordering::SeqCst);
+    let response = gateway.chat(&ask("primary")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        target(&response).as_deref(),
+        Some("up/b"),
+        "then the next one"
+    );
+    assert_eq!(attempts(&response), 2);
+}
+
+#[tokio::test]
+async fn lowest_latency_prefers_the_target_that_answers_first() {
+    let upstream = Upstream::start(|r: &Received| {
+        let model = model_of(r);
+        let delay = if model == "a" { 300 } else { 5 };
+        slow_stream(&model, Duration::from_millis(delay))
+    })
+    .await;
+    let gateway =
+        TestGateway::start(&config_up(&upstream, &two_targets("lowest_latency"), QUICK)).await;
+    let mut served = Vec::new();
+    for _ in 0..12 {
+        let response = gateway.chat(&ask_stream("primary")).await;
+        served.push(target(&response).unwrap_or_default());
+        assert_clean(&events_within(response, Duration::from_secs(5)).await);
+    }
+    // Each target is tried while it has no measurement; after that, the fast one.
+    assert!(served[2..].iter().all(|t| t == "up/b"), "{served:?}");
+}
+
+#[tokio::test]
+async fn least_in_flight_avoids_the_target_that_is_busy() {
+    // Streams take 700 ms to start (the first-byte timeout is 1 s); plain answers are
+    // immediate.
+    let upstream = Upstream::start(|r: &Received| {
+        if streaming(r) {
+            slow_stream(&model_of(r), Duration::from_millis(700))
+        } else {
+            ok(r)
+        }
+    })
+    .await;
+    let gateway = Arc::new(
+        TestGateway::start(&config_up(
+            &upstream,
+            &two_targets("least_in_flight"),
+            QUICK,
+        ))
+        .await,
+    );
+    let slow = gateway.clone();
+    let busy = tokio::spawn(async move { slow.chat(&ask_stream("primary")).await.status() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let busy_target = format!("up/{}", model_of(&upstream.received()[0]));
+    for _ in 0..10 {
+        let response = gateway.chat(&ask("primary")).await;
+        assert_ne!(
+            target(&response).unwrap(),
+            busy_target,
+            "the other one is idle"
+        );
+    }
+    assert_eq!(busy.await.unwrap(), 200);
+}
