@@ -8,6 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
 use switchyard::config::parse;
+use switchyard::health::breaker::Pass;
 use switchyard::pipeline::balance;
 use switchyard::shared::Shared;
 use switchyard::snapshot::Snapshot;
@@ -32,14 +33,16 @@ fn resilience(c: &mut Criterion) {
     let mut group = c.benchmark_group("resilience");
     for (name, route) in &snapshot.models {
         group.bench_function(format!("pick_{name}"), |b| {
-            b.iter(|| balance::pick(black_box(route), &[], settings, &shared.metrics))
+            b.iter(|| balance::pick(black_box(route), settings, &shared.metrics, |_| true))
         });
     }
     let target = &snapshot.models["weighted"].targets[0];
     group.bench_function("record_success", |b| {
         b.iter(|| {
             let health = black_box(&target.health);
-            health.breaker.record(false, settings, &shared.metrics);
+            health
+                .breaker
+                .record(Pass::Closed, false, settings, &shared.metrics);
             health.observe_latency(Duration::from_millis(80));
             shared.metrics.count_attempt(&health.name, "success");
         })

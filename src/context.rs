@@ -92,6 +92,8 @@ struct RecordState {
     model: Option<Arc<str>>,
     provider: Option<Arc<str>>,
     upstream_model: Option<Arc<str>>,
+    /// `provider/upstream model` of the last attempt.
+    target: Option<Arc<str>>,
     /// Calls made to upstream targets (retries and fallbacks included).
     attempts: u32,
     stream: bool,
@@ -148,6 +150,7 @@ impl RequestRecord {
         let mut state = self.state();
         state.provider = Some(target.provider.name.clone());
         state.upstream_model = Some(target.upstream_model.clone());
+        state.target = Some(target.health.name.clone());
         state.price = price;
         state.attempts += 1;
     }
@@ -155,12 +158,7 @@ impl RequestRecord {
     /// The target of the last attempt (`provider/upstream model`) and the attempts made.
     pub fn attempts(&self) -> (Option<Arc<str>>, u32) {
         let state = self.state();
-        let target = state
-            .provider
-            .as_ref()
-            .zip(state.upstream_model.as_ref())
-            .map(|(provider, model)| Arc::from(format!("{provider}/{model}")));
-        (target, state.attempts)
+        (state.target.clone(), state.attempts)
     }
 
     /// Records a moment; only the first occurrence of each counts.

@@ -97,6 +97,10 @@ pub enum GatewayError {
         phase: &'static str,
         after: Duration,
     },
+    /// The request's own deadline passed (the model's `timeouts.total` or
+    /// `resilience.deadline`): not the target's fault, and not worth retrying.
+    #[error("the request did not complete within its deadline of {}", humantime::format_duration(*after))]
+    DeadlineExceeded { after: Duration },
     /// The provider answered something we cannot read: malformed JSON, a stream that
     /// ended before its terminal event, an unexpected content type.
     #[error("provider '{provider}' sent an invalid response: {detail}")]
@@ -147,7 +151,9 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::DeadlineExceeded { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -180,6 +186,7 @@ impl GatewayError {
             Self::Upstream(_) => "upstream_status",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
             Self::UpstreamProtocol { .. } => "upstream_protocol",
             Self::Internal(_) => "internal",
         }
@@ -270,6 +277,7 @@ impl GatewayError {
             Self::Upstream(upstream) => upstream.code.as_deref(),
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            Self::DeadlineExceeded { .. } => Some("deadline_exceeded"),
             Self::UpstreamProtocol { .. } => Some("upstream_invalid_response"),
             Self::Internal(_) => Some("internal_error"),
         }

@@ -9,7 +9,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 /// On answers: the target that served the request, `provider/upstream model`.
 pub const TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
-/// On answers and errors that reached a provider: how many upstream calls were made.
+/// On every chat and embeddings response: how many upstream calls were made (0 when the
+/// request was refused before any, or every target's circuit was open).
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never

@@ -360,7 +360,7 @@ impl Stream for Metered {
 }
 
 /// Ends a stream with a timeout error when it stays silent for `limit`, or when it is
-/// still running at `end_by` (the attempt's or the request's deadline).
+/// still running at `end_by` (the request's deadline, when it has one).
 ///
 /// The timer is not re-armed for every chunk (that is a timer-wheel update per chunk):
 /// each chunk only notes the time, and when the timer fires early because chunks came in
@@ -371,29 +371,27 @@ pub struct IdleTimeout {
     limit: Duration,
     last_item: Instant,
     started: Instant,
-    end_by: Instant,
+    end_by: Option<Instant>,
     provider: Arc<str>,
 }
 
 impl IdleTimeout {
-    pub fn new(inner: ChunkStream, limit: Duration, end_by: Instant, provider: Arc<str>) -> Self {
+    pub fn new(
+        inner: ChunkStream,
+        limit: Duration,
+        end_by: Option<Instant>,
+        provider: Arc<str>,
+    ) -> Self {
         let now = Instant::now();
+        let first = end_by.map_or(now + limit, |end| end.min(now + limit));
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until((now + limit).min(end_by))),
+            sleep: Box::pin(tokio::time::sleep_until(first)),
             limit,
             last_item: now,
             started: now,
             end_by,
             provider,
-        }
-    }
-
-    fn timeout(&self, phase: &'static str, after: Duration) -> GatewayError {
-        GatewayError::UpstreamTimeout {
-            provider: self.provider.to_string(),
-            phase,
-            after,
         }
     }
 }
@@ -409,15 +407,19 @@ impl Stream for IdleTimeout {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             let now = Instant::now();
-            if self.end_by <= now {
-                let allowed = self.end_by.saturating_duration_since(self.started);
-                return Poll::Ready(Some(Err(self.timeout("stream deadline", allowed))));
+            if let Some(end) = self.end_by.filter(|end| *end <= now) {
+                let after = end.saturating_duration_since(self.started);
+                return Poll::Ready(Some(Err(GatewayError::DeadlineExceeded { after })));
             }
             let deadline = self.last_item + self.limit;
             if deadline <= now {
-                return Poll::Ready(Some(Err(self.timeout("stream idle", self.limit))));
+                return Poll::Ready(Some(Err(GatewayError::UpstreamTimeout {
+                    provider: self.provider.to_string(),
+                    phase: "stream idle",
+                    after: self.limit,
+                })));
             }
-            let next = deadline.min(self.end_by);
+            let next = self.end_by.map_or(deadline, |end| end.min(deadline));
             self.sleep.as_mut().reset(next);
         }
     }
@@ -471,9 +473,8 @@ mod tests {
             chunk()
         });
         let silent = paced.chain(futures_util::stream::pending());
-        let far = Instant::now() + Duration::from_secs(3600);
         let mut stream =
-            IdleTimeout::new(Box::pin(silent), Duration::from_secs(1), far, "p".into());
+            IdleTimeout::new(Box::pin(silent), Duration::from_secs(1), None, "p".into());
         let started = Instant::now();
         for _ in 0..3 {
             assert!(stream.next().await.unwrap().is_ok());

@@ -858,6 +858,45 @@ async fn streams_cut_after_their_first_content_count_against_the_target() {
     assert_clean(&events_within(response, Duration::from_secs(5)).await);
 }
 
+#[tokio::test]
+async fn the_requests_own_deadline_does_not_count_against_the_target() {
+    let upstream = primary_fails(|_: &Received| Behavior::Hang).await;
+    let models = "  primary: {targets: [{provider: up, model: a}], timeouts: {total: 200ms}}\n";
+    let gateway = TestGateway::start(&config_up(
+        &upstream,
+        models,
+        "max_attempts: 3\n  breaker: {consecutive_failures: 2}",
+    ))
+    .await;
+    for _ in 0..4 {
+        let response = gateway.chat(&ask("primary")).await;
+        assert_eq!(response.status(), 504);
+        assert_eq!(error_body(response).await["code"], "deadline_exceeded");
+    }
+    // The first-byte timeout (1 s) never fired: the target was never seen failing.
+    assert_eq!(breaker(&gateway, "up/a").await["state"], "closed");
+}
+
+#[tokio::test]
+async fn a_fallback_without_a_usable_provider_is_skipped_for_the_next() {
+    let upstream = primary_fails(|_: &Received| unavailable()).await;
+    let providers = format!(
+        "{}  keyless:\n    kind: openai\n    base_url: {}\n    api_key: \"\"\n",
+        provider("up", &upstream.base_url, TIMEOUTS),
+        upstream.base_url
+    );
+    let models = "  primary: {targets: [{provider: up, model: a}], fallbacks: [unset, backup]}\n  unset: {targets: [{provider: keyless, model: x}]}\n  backup: {targets: [{provider: up, model: b}]}\n";
+    let gateway = TestGateway::start(&config(&providers, models, QUICK)).await;
+    let response = gateway.chat(&ask("primary")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(target(&response).as_deref(), Some("up/b"));
+    // A model with no usable provider of its own goes to its fallbacks too.
+    let models = "  primary: {targets: [{provider: keyless, model: x}], fallbacks: [backup]}\n  backup: {targets: [{provider: up, model: b}]}\n";
+    let gateway = TestGateway::start(&config(&providers, models, QUICK)).await;
+    let response = gateway.chat(&ask("primary")).await;
+    assert_eq!(target(&response).as_deref(), Some("up/b"));
+}
+
 /// Polls `/admin/breakers` until `target` is in `state`; how long it took.
 async fn until_breaker(
     gateway: &TestGateway,

@@ -48,8 +48,8 @@ pub struct ResilienceSettings {
     pub max_attempts: u32,
     pub backoff: BackoffSettings,
     pub retry_budget: RetryBudgetSettings,
-    /// Longest a request may take, all attempts included (a model's `timeouts.total` can
-    /// only shorten it).
+    /// Longest the attempts of a request may take, all retries and fallbacks included (a
+    /// model's `timeouts.total` can only shorten it).
     #[serde(with = "duration")]
     pub deadline: Duration,
     pub breaker: BreakerSettings,
@@ -107,7 +107,7 @@ impl Default for RetryBudgetSettings {
 /// When a target's circuit opens: `consecutive_failures` in a row, or a `failure_ratio`
 /// of at least `min_requests` requests in the last `window`. Open, the target gets no
 /// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`), then
-/// `half_open_probes` requests test it; their success closes it.
+/// up to `half_open_probes` requests test it; the first success closes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSettings {
@@ -563,7 +563,7 @@ pub struct ModelTimeouts {
     pub first_byte: Option<Duration>,
     #[serde(with = "duration::option")]
     pub stream_idle: Option<Duration>,
-    /// The whole request, all attempts and fallbacks included.
+    /// The whole request: all attempts and fallbacks, and a stream that has started.
     #[serde(with = "duration::option")]
     pub total: Option<Duration>,
 }

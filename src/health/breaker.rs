@@ -51,8 +51,11 @@ struct Counts {
     consecutive_failures: u32,
     /// (bucket start in ms, successes, failures)
     window: [(u64, u32, u32); BUCKETS],
-    /// Trips since the circuit was last closed: each one doubles the cooldown.
+    /// Trips with less than a window of closed circuit between them: each one doubles
+    /// the cooldown.
     trips_in_a_row: u32,
+    /// When the circuit last closed after a trip.
+    closed_at: u64,
     trips: u64,
     probes_left: u32,
 }
@@ -131,53 +134,70 @@ impl Breaker {
         Some(Pass::Probe)
     }
 
-    /// Records how a request that went to the target ended. `failed` counts only failures
-    /// that say something about the target (not a client's bad request).
-    pub fn record(&self, failed: bool, settings: &BreakerSettings, metrics: &Metrics) {
+    /// Records how a request that went to the target ended, with the pass it went with.
+    /// `failed` counts only failures that say something about the target (not a client's
+    /// bad request).
+    pub fn record(&self, pass: Pass, failed: bool, settings: &BreakerSettings, metrics: &Metrics) {
         let now = clock();
         let mut counts = self.lock();
         count_in_window(&mut counts, settings.window, now, failed);
-        if !failed {
+        if failed {
+            counts.consecutive_failures += 1;
+        } else {
             counts.consecutive_failures = 0;
-            if self.state() != State::Closed {
-                counts.trips_in_a_row = 0;
-                self.set_state(State::Closed, metrics, false);
-                tracing::info!(
-                    target_name = &*self.target,
-                    "circuit closed: the target answered"
-                );
-            }
-            return;
         }
-        counts.consecutive_failures += 1;
-        let trip = match self.state() {
-            State::HalfOpen => true,
-            State::Open => false,
-            State::Closed => {
+        match (self.state(), pass) {
+            (State::Closed, _) => {
                 let (requests, failures) = window_totals(&counts, settings.window, now);
-                counts.consecutive_failures >= settings.consecutive_failures
+                let trip = counts.consecutive_failures >= settings.consecutive_failures
                     || (requests >= settings.min_requests
-                        && f64::from(failures) >= settings.failure_ratio * f64::from(requests))
+                        && f64::from(failures) >= settings.failure_ratio * f64::from(requests));
+                if failed && trip {
+                    // A circuit that stayed closed for a whole window starts again from
+                    // the base cooldown.
+                    if now.saturating_sub(counts.closed_at) > millis(settings.window) {
+                        counts.trips_in_a_row = 0;
+                    }
+                    self.trip(&mut counts, settings, metrics, now);
+                }
             }
-        };
-        if trip {
-            let cooldown = settings
-                .cooldown
-                .saturating_mul(1 << counts.trips_in_a_row.min(16))
-                .min(settings.max_cooldown);
-            counts.trips_in_a_row += 1;
-            counts.trips += 1;
-            counts.probes_left = 0;
-            self.probe_at
-                .store(now + millis(cooldown), Ordering::Relaxed);
-            self.set_state(State::Open, metrics, true);
-            tracing::info!(
-                target_name = &*self.target,
-                cooldown = %humantime::format_duration(cooldown),
-                consecutive_failures = counts.consecutive_failures,
-                "circuit open: the target is skipped until a probe is due"
-            );
+            // Only a probe moves a circuit that is not closed: a request that started
+            // before the trip says nothing about the target now.
+            (_, Pass::Probe) if failed => self.trip(&mut counts, settings, metrics, now),
+            (_, Pass::Probe) => self.close(&mut counts, metrics, now),
+            (_, Pass::Closed) => {}
         }
+    }
+
+    fn trip(&self, counts: &mut Counts, settings: &BreakerSettings, metrics: &Metrics, now: u64) {
+        let cooldown = settings
+            .cooldown
+            .saturating_mul(1 << counts.trips_in_a_row.min(16))
+            .min(settings.max_cooldown);
+        counts.trips_in_a_row += 1;
+        counts.trips += 1;
+        counts.probes_left = 0;
+        self.probe_at
+            .store(now + millis(cooldown), Ordering::Relaxed);
+        self.set_state(State::Open, metrics, true);
+        tracing::info!(
+            target_name = &*self.target,
+            cooldown = %humantime::format_duration(cooldown),
+            consecutive_failures = counts.consecutive_failures,
+            "circuit open: the target is skipped until a probe is due"
+        );
+    }
+
+    /// A probe succeeded. The failures that opened the circuit are forgotten, so one
+    /// failure after recovery does not open it again.
+    fn close(&self, counts: &mut Counts, metrics: &Metrics, now: u64) {
+        counts.window = Default::default();
+        counts.closed_at = now;
+        self.set_state(State::Closed, metrics, false);
+        tracing::info!(
+            target_name = &*self.target,
+            "circuit closed: a probe succeeded"
+        );
     }
 
     /// How long until a probe may go (zero when one may go now).
@@ -264,7 +284,7 @@ mod tests {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
         for _ in 0..3 {
             assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Closed));
-            breaker.record(true, &settings, &metrics);
+            breaker.record(Pass::Closed, true, &settings, &metrics);
         }
         assert_eq!(breaker.state(), State::Open);
         assert_eq!(breaker.pass(&settings, &metrics), None);
@@ -275,22 +295,31 @@ mod tests {
             None,
             "one probe at a time"
         );
+        // A request sent before the trip fails late: it says nothing about the target now.
+        breaker.record(Pass::Closed, true, &settings, &metrics);
+        assert_eq!(breaker.state(), State::HalfOpen);
         // The probe fails: open again, for twice as long.
-        breaker.record(true, &settings, &metrics);
+        breaker.record(Pass::Probe, true, &settings, &metrics);
         assert_eq!(breaker.state(), State::Open);
         assert!(breaker.next_probe_in() > Duration::from_millis(35));
         tokio::time::sleep(Duration::from_millis(65)).await;
+        // A late success of an old request does not close it either; the probe's does.
+        breaker.record(Pass::Closed, false, &settings, &metrics);
+        assert_eq!(breaker.state(), State::Open);
         assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
-        breaker.record(false, &settings, &metrics);
+        breaker.record(Pass::Probe, false, &settings, &metrics);
         assert_eq!(breaker.state(), State::Closed);
         assert_eq!(breaker.view(&settings).trips, 2);
+        // The failures before are forgotten: one more does not open it again.
+        breaker.record(Pass::Closed, true, &settings, &metrics);
+        assert_eq!(breaker.state(), State::Closed);
     }
 
     #[test]
     fn opens_on_a_failure_ratio_with_enough_requests() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
         for i in 0..10 {
-            breaker.record(i % 2 == 1, &settings, &metrics);
+            breaker.record(Pass::Closed, i % 2 == 1, &settings, &metrics);
             assert_eq!(breaker.state() == State::Open, i == 9, "request {i}");
         }
     }
@@ -299,7 +328,7 @@ mod tests {
     async fn a_probe_that_never_reports_is_replaced_after_the_cooldown() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
         for _ in 0..3 {
-            breaker.record(true, &settings, &metrics);
+            breaker.record(Pass::Closed, true, &settings, &metrics);
         }
         tokio::time::sleep(Duration::from_millis(35)).await;
         assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));

@@ -70,9 +70,9 @@ async fn check(
     let Some(ping) = PING.as_ref() else {
         return;
     };
-    if breaker.pass(settings, &metrics).is_none() {
+    let Some(pass) = breaker.pass(settings, &metrics) else {
         return;
-    }
+    };
     let call = ChatCall {
         request: ping,
         model: &target.upstream_model,
@@ -86,7 +86,7 @@ async fn check(
         Ok(Err(error)) => error.is_retryable().then(|| error.to_string()),
         Err(_) => Some(format!("no answer within {:?}", config.timeout)),
     };
-    breaker.record(failure.is_some(), settings, &metrics);
+    breaker.record(pass, failure.is_some(), settings, &metrics);
     if let Some(error) = failure {
         tracing::warn!(target_name = &*target.health.name, %error, "health check failed");
     }

@@ -16,6 +16,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::config::schema::RetryBudgetSettings;
 use breaker::Breaker;
 
+/// A latency not measured for this long is measured again.
+const LATENCY_STALE: Duration = Duration::from_secs(10);
+
 /// How long a retry budget remembers requests.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
@@ -26,6 +29,8 @@ pub struct TargetHealth {
     in_flight: AtomicU32,
     /// Exponentially weighted latency in µs (0: never measured).
     latency_us: AtomicU64,
+    /// When it was last measured (ms on [`clock`]).
+    latency_at: AtomicU64,
     retries: TpsBudget,
     /// When the next active health check is due (ms on [`clock`]).
     next_check: AtomicU64,
@@ -38,6 +43,7 @@ impl TargetHealth {
             name,
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU64::new(0),
+            latency_at: AtomicU64::new(0),
             retries: TpsBudget::new(BUDGET_WINDOW, budget.min_per_second, budget.ratio),
             next_check: AtomicU64::new(0),
         }
@@ -53,13 +59,19 @@ impl TargetHealth {
         InFlight(self.clone())
     }
 
-    /// Recent latency (0: never measured, so worth trying).
+    /// Recent latency; zero (worth trying) when never measured or not for a while, so a
+    /// target that was slow once is measured again instead of avoided for ever.
     pub fn latency(&self) -> Duration {
+        let measured_at = self.latency_at.load(Ordering::Relaxed);
+        if clock().saturating_sub(measured_at) > millis(LATENCY_STALE) {
+            return Duration::ZERO;
+        }
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
     }
 
     /// Folds in one measurement (weight 0.3: about the last five requests count).
     pub fn observe_latency(&self, latency: Duration) {
+        self.latency_at.store(clock(), Ordering::Relaxed);
         let sample = latency.as_micros() as u64;
         let _ = self
             .latency_us
@@ -115,7 +127,8 @@ impl Drop for InFlight {
     }
 }
 
-/// Every target's health entry, by name.
+/// Every target's health entry, by name. Entries of targets a reload removed stay (a few
+/// hundred bytes each), so a target that comes back keeps its history.
 #[derive(Default)]
 pub struct HealthTable(Mutex<HashMap<Arc<str>, Arc<TargetHealth>>>);
 

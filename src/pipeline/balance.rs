@@ -1,31 +1,37 @@
 //! Choosing one target of a model for one attempt, by the model's strategy, among the
-//! targets that are usable, not excluded (they already failed this request) and whose
-//! circuit breaker lets the request through.
+//! targets that are usable, that the caller admits (the resilience layer: not failed yet
+//! this request, or allowed a retry) and whose circuit breaker lets the request through.
 
 use std::sync::Arc;
 
 use crate::config::schema::{BreakerSettings, Strategy};
+use crate::health::breaker::Pass;
 use crate::metrics::Metrics;
 use crate::snapshot::{ModelRoute, Target};
 
-/// A target whose breaker let the request through, or `None` when no candidate is left.
+/// A target for one attempt and the breaker's pass for it, or `None` when no candidate is
+/// left. `admit` has the last word on the chosen candidate before its breaker is asked (a
+/// retry's budget, for example); a refused candidate is dropped and another chosen.
 pub fn pick(
     route: &ModelRoute,
-    exclude: &[Arc<Target>],
     breaker: &BreakerSettings,
     metrics: &Metrics,
-) -> Option<Arc<Target>> {
+    mut admit: impl FnMut(&Target) -> bool,
+) -> Option<(Arc<Target>, Pass)> {
     let mut candidates: Vec<&Arc<Target>> = route
         .usable_targets()
-        .filter(|t| !exclude.iter().any(|e| Arc::ptr_eq(e, t)))
         .filter(|t| t.health.breaker.is_available())
         .collect();
-    // A breaker can refuse between the check above and taking its pass (another request
-    // took the last probe): drop that candidate and choose again.
     while let Some(index) = choose(route.strategy, &candidates) {
-        let target = candidates.swap_remove(index);
-        if target.health.breaker.pass(breaker, metrics).is_some() {
-            return Some(target.clone());
+        // `remove`, not `swap_remove`: priority ties keep their written order.
+        let target = candidates.remove(index);
+        if !admit(target) {
+            continue;
+        }
+        // A breaker can refuse between the check above and now (another request took
+        // the last probe).
+        if let Some(pass) = target.health.breaker.pass(breaker, metrics) {
+            return Some((target.clone(), pass));
         }
     }
     None

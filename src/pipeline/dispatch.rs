@@ -11,7 +11,6 @@
 //! (the provider's, or an estimate marked as such). Records the attempt's outcome on its
 //! target's breaker: a stream's when it ends.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -21,14 +20,20 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use super::Call;
+use super::resilience::Deadline;
 use crate::config::schema::ProviderTimeouts;
 use crate::context::{Mark, RequestContext, RequestRecord};
 use crate::error::GatewayError;
 use crate::health::InFlight;
+use crate::health::breaker::Pass;
 use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::snapshot::{Snapshot, Target};
 use crate::stream::{Chunk, ChunkStream, IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
+
+/// The latency a failed attempt counts as, at least: a target that fails fast must not
+/// look fast.
+const FAILURE_LATENCY: Duration = Duration::from_secs(5);
 
 /// An answer that has started: a complete body, or a stream's chunks up to its first
 /// content and the rest of it.
@@ -42,8 +47,9 @@ pub async fn attempt(
     ctx: &RequestContext,
     call: &Call,
     target: &Arc<Target>,
+    pass: Pass,
     timeouts: ProviderTimeouts,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Reply, GatewayError> {
     let record = &ctx.record;
     let price = ctx.snapshot.prices.price(&target.upstream_model);
@@ -51,27 +57,41 @@ pub async fn attempt(
     record.mark(Mark::UpstreamStart);
     let outcome = Outcome {
         in_flight: target.health.start(),
+        pass,
         snapshot: ctx.snapshot.clone(),
         record: record.clone(),
     };
     let started = Instant::now();
-    let remaining = deadline.saturating_duration_since(started);
-    let (limit, phase) = if remaining < timeouts.first_byte {
-        (remaining, "request deadline")
-    } else {
-        (timeouts.first_byte, "first byte")
-    };
-    let answer = within(limit, phase, &target.provider.name, async {
+    let remaining = deadline.attempts.saturating_duration_since(started);
+    let answer = tokio::time::timeout(timeouts.first_byte.min(remaining), async {
         match send(target, call, &record.request_id).await? {
             Reply::Json(json) => Ok(Started::Json(json)),
             Reply::Stream(stream) => first_content(stream).await,
         }
     })
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        Err(if remaining < timeouts.first_byte {
+            GatewayError::DeadlineExceeded {
+                after: deadline.total,
+            }
+        } else {
+            GatewayError::UpstreamTimeout {
+                provider: target.provider.name.to_string(),
+                phase: "first byte",
+                after: timeouts.first_byte,
+            }
+        })
+    });
     let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
             log_failure(record, target, &error);
+            if error.is_retryable() {
+                // A failing target looks slow to the lowest-latency strategy.
+                let took = started.elapsed().max(FAILURE_LATENCY);
+                target.health.observe_latency(took);
+            }
             outcome.finish(Some(&error));
             return Err(error);
         }
@@ -92,7 +112,7 @@ pub async fn attempt(
             };
             let rest = rest.map(|rest| {
                 let provider = target.provider.name.clone();
-                IdleTimeout::new(rest, timeouts.stream_idle, deadline, provider)
+                IdleTimeout::new(rest, timeouts.stream_idle, deadline.stream, provider)
             });
             let stream = futures_util::stream::iter(held.into_iter().map(Ok))
                 .chain(futures_util::stream::iter(rest).flatten());
@@ -111,6 +131,7 @@ pub async fn attempt(
 /// request) and in the attempts metric. Holds the target's in-flight count meanwhile.
 struct Outcome {
     in_flight: InFlight,
+    pass: Pass,
     snapshot: Arc<Snapshot>,
     record: Arc<RequestRecord>,
 }
@@ -119,10 +140,12 @@ impl Outcome {
     fn finish(self, error: Option<&GatewayError>) {
         let health = self.in_flight.health();
         let metrics = self.record.metrics();
-        let failed = error.is_some_and(GatewayError::is_retryable);
-        health
-            .breaker
-            .record(failed, &self.snapshot.resilience.breaker, metrics);
+        // The request's own deadline says nothing about the target either way.
+        if !matches!(error, Some(GatewayError::DeadlineExceeded { .. })) {
+            let failed = error.is_some_and(GatewayError::is_retryable);
+            let settings = &self.snapshot.resilience.breaker;
+            health.breaker.record(self.pass, failed, settings, metrics);
+        }
         metrics.count_attempt(&health.name, error.map_or("success", GatewayError::label));
     }
 }
@@ -192,23 +215,6 @@ async fn send(target: &Target, call: &Call, request_id: &str) -> Result<Reply, G
             provider.adapter.embeddings(call).await.map(Reply::Json)
         }
     }
-}
-
-async fn within<T>(
-    limit: Duration,
-    phase: &'static str,
-    provider: &str,
-    future: impl Future<Output = Result<T, GatewayError>>,
-) -> Result<T, GatewayError> {
-    tokio::time::timeout(limit, future)
-        .await
-        .unwrap_or_else(|_| {
-            Err(GatewayError::UpstreamTimeout {
-                provider: provider.to_owned(),
-                phase,
-                after: limit,
-            })
-        })
 }
 
 /// Usage for a complete answer whose provider reported none.

@@ -36,6 +36,19 @@ use crate::stream::Reply;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resilience;
 
+/// When a request must be over.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// Every attempt, retry and fallback: `resilience.deadline`, or the model's
+    /// `timeouts.total` when tighter.
+    pub attempts: Instant,
+    /// How long `attempts` allowed from the start.
+    pub total: Duration,
+    /// A stream that has started: only the model's `timeouts.total`, when set (a long
+    /// generation is otherwise bounded by the idle timeout alone).
+    pub stream: Option<Instant>,
+}
+
 impl Service<GatewayRequest> for Resilience {
     type Response = Reply;
     type Error = GatewayError;
@@ -57,11 +70,17 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
         .clone()
         .ok_or_else(|| GatewayError::Internal("resilience reached without a route".into()))?;
     let settings = &ctx.snapshot.resilience;
+    let now = Instant::now();
     let total = route
         .timeouts
         .total
-        .map_or(settings.deadline, |total| total.min(settings.deadline));
-    let deadline = Instant::now() + total;
+        .unwrap_or(settings.deadline)
+        .min(settings.deadline);
+    let deadline = Deadline {
+        attempts: now + total,
+        total,
+        stream: route.timeouts.total.map(|total| now + total),
+    };
     let mut chain: VecDeque<Arc<str>> = route.fallbacks.iter().cloned().collect();
     let mut context_fallbacks = Some(&route.context_fallbacks);
     let mut model = route.clone();
@@ -78,13 +97,18 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
                 }
                 _ => return Err(error),
             }
-        } else if !error.is_retryable() && !matches!(error, GatewayError::CircuitOpen { .. }) {
+        } else if !error.is_retryable()
+            && !matches!(
+                error,
+                GatewayError::CircuitOpen { .. } | GatewayError::NoUsableTarget { .. }
+            )
+        {
             return Err(error);
         }
         let next = chain
             .pop_front()
             .and_then(|name| ctx.snapshot.models.get(&name).cloned());
-        let Some(next) = next.filter(|_| Instant::now() < deadline) else {
+        let Some(next) = next.filter(|_| Instant::now() < deadline.attempts) else {
             return Err(error);
         };
         tracing::info!(
@@ -103,54 +127,68 @@ async fn run_model(
     ctx: &RequestContext,
     call: &Call,
     model: &ModelRoute,
-    deadline: Instant,
+    deadline: Deadline,
     has_fallback: bool,
 ) -> Result<Reply, GatewayError> {
     let settings = &ctx.snapshot.resilience;
     let metrics = ctx.record.metrics();
-    let mut failed: Vec<Arc<Target>> = Vec::new();
+    // The targets that failed this request, with the Retry-After each asked for.
+    let mut failed: Vec<(Arc<Target>, Option<Duration>)> = Vec::new();
+    let has_failed = |failed: &[(Arc<Target>, _)], target: &Target| {
+        failed.iter().any(|(f, _)| std::ptr::eq(&**f, target))
+    };
+    let retry_allowed = |target: &Target| {
+        let allowed = target.health.withdraw_retry();
+        if !allowed {
+            tracing::warn!(
+                request_id = &*ctx.record.request_id,
+                target_name = &*target.health.name,
+                "retry budget spent: not retrying on this target"
+            );
+        }
+        allowed
+    };
     let mut last_error = None;
     for retry in 0..settings.max_attempts {
-        let target = match balance::pick(model, &failed, &settings.breaker, metrics) {
-            Some(fresh) => fresh,
-            None => {
-                let Some(error) = last_error else {
-                    return Err(unavailable(model));
+        // A target that has not failed this request, at once; else one that has, after
+        // its pause. Every retry is paid from the budget of the target it goes to.
+        let mut pause = Duration::ZERO;
+        let chosen = balance::pick(model, &settings.breaker, metrics, |t| {
+            !has_failed(&failed, t) && (retry == 0 || retry_allowed(t))
+        })
+        .or_else(|| {
+            balance::pick(model, &settings.breaker, metrics, |t| {
+                let Some((_, retry_after)) = failed.iter().find(|(f, _)| std::ptr::eq(&**f, t))
+                else {
+                    return false;
                 };
-                // Every target failed this request already: one of them again, if it
-                // may be retried, after a pause.
-                let Some(again) = balance::pick(model, &[], &settings.breaker, metrics) else {
-                    return Err(error);
-                };
-                let Some(pause) = pause(settings, retry, &error, deadline, has_fallback) else {
-                    return Err(error);
-                };
-                if !again.health.withdraw_retry() {
-                    tracing::warn!(
-                        request_id = &*ctx.record.request_id,
-                        target_name = &*again.health.name,
-                        "retry budget spent: not retrying"
-                    );
-                    return Err(error);
-                }
-                tokio::time::sleep(pause).await;
-                again
-            }
+                let wait = wait(
+                    settings,
+                    retry,
+                    *retry_after,
+                    deadline.attempts,
+                    has_fallback,
+                );
+                let allowed = wait.is_some() && retry_allowed(t);
+                pause = wait.unwrap_or_default();
+                allowed
+            })
+        });
+        let Some((target, pass)) = chosen else {
+            return Err(last_error.unwrap_or_else(|| unavailable(model)));
         };
-        if !failed.iter().any(|f| Arc::ptr_eq(f, &target)) {
+        if retry == 0 {
             target.health.deposit();
         }
+        tokio::time::sleep(pause).await;
         let timeouts = target.timeouts(&model.timeouts);
-        match dispatch::attempt(ctx, call, &target, timeouts, deadline).await {
+        match dispatch::attempt(ctx, call, &target, pass, timeouts, deadline).await {
             Ok(reply) => return Ok(reply),
             Err(error) => {
-                if !error.is_retryable() {
+                if !error.is_retryable() || Instant::now() >= deadline.attempts {
                     return Err(error);
                 }
-                if Instant::now() >= deadline {
-                    return Err(error);
-                }
-                failed.push(target);
+                failed.push((target, error.retry_after()));
                 last_error = Some(error);
             }
         }
@@ -161,14 +199,14 @@ async fn run_model(
 /// How long to wait before retrying a target that failed, or `None` when it should not
 /// be retried now: its Retry-After does not fit the deadline, or is longer than the
 /// longest backoff while a fallback could answer at once.
-fn pause(
+fn wait(
     settings: &ResilienceSettings,
     retry: u32,
-    error: &GatewayError,
+    retry_after: Option<Duration>,
     deadline: Instant,
     has_fallback: bool,
 ) -> Option<Duration> {
-    let pause = match error.retry_after() {
+    let pause = match retry_after {
         Some(after) if has_fallback && after > settings.backoff.max => return None,
         Some(after) => after,
         None => backoff(settings, retry),

@@ -2,7 +2,8 @@
 //!
 //! Reads: the call's `model`, the snapshot's model table. Writes: `ctx.route`, and the model
 //! on the request record. Fails with 404 `model_not_found` for a model that is not
-//! configured, 503 when none of its providers is usable (for example, a missing key).
+//! configured, 503 when none of its providers is usable (for example, a missing key) and
+//! it has no fallbacks.
 
 use std::task::{Context, Poll};
 
@@ -48,7 +49,11 @@ where
             return Either::Left(ready(Err(GatewayError::ModelNotFound { model })));
         };
         request.ctx.record.set_model(route.name.clone());
-        if let Some(reason) = route.unusable_reason() {
+        // A model with fallbacks goes on to them (the resilience layer's job).
+        if let Some(reason) = route
+            .unusable_reason()
+            .filter(|_| route.fallbacks.is_empty())
+        {
             let model = route.name.to_string();
             return Either::Left(ready(Err(GatewayError::NoUsableTarget { model, reason })));
         }
