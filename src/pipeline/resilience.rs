@@ -134,8 +134,12 @@ async fn run_model(
     let metrics = ctx.record.metrics();
     // The targets that failed this request, with the Retry-After each asked for.
     let mut failed: Vec<(Arc<Target>, Option<Duration>)> = Vec::new();
-    let has_failed = |failed: &[(Arc<Target>, _)], target: &Target| {
-        failed.iter().any(|(f, _)| std::ptr::eq(&**f, target))
+    // The Retry-After of `target`'s failure this request, if it failed.
+    let failure = |failed: &[(Arc<Target>, Option<Duration>)], target: &Target| {
+        failed
+            .iter()
+            .find(|(f, _)| std::ptr::eq(&**f, target))
+            .map(|(_, retry_after)| *retry_after)
     };
     let retry_allowed = |target: &Target| {
         let allowed = target.health.withdraw_retry();
@@ -154,18 +158,17 @@ async fn run_model(
         // its pause. Every retry is paid from the budget of the target it goes to.
         let mut pause = Duration::ZERO;
         let chosen = balance::pick(model, &settings.breaker, metrics, |t| {
-            !has_failed(&failed, t) && (retry == 0 || retry_allowed(t))
+            failure(&failed, t).is_none() && (retry == 0 || retry_allowed(t))
         })
         .or_else(|| {
             balance::pick(model, &settings.breaker, metrics, |t| {
-                let Some((_, retry_after)) = failed.iter().find(|(f, _)| std::ptr::eq(&**f, t))
-                else {
+                let Some(retry_after) = failure(&failed, t) else {
                     return false;
                 };
                 let wait = wait(
                     settings,
                     retry,
-                    *retry_after,
+                    retry_after,
                     deadline.attempts,
                     has_fallback,
                 );
@@ -180,7 +183,9 @@ async fn run_model(
         if retry == 0 {
             target.health.deposit();
         }
-        tokio::time::sleep(pause).await;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         let timeouts = target.timeouts(&model.timeouts);
         match dispatch::attempt(ctx, call, &target, pass, timeouts, deadline).await {
             Ok(reply) => return Ok(reply),
