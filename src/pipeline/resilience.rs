@@ -6,13 +6,14 @@
 //! fallbacks, when the prompt did not fit the context window), each for up to
 //! `max_attempts` attempts, all inside one deadline:
 //! - only retryable failures are retried (connection errors, timeouts before the answer
-//!   started, 408/429/5xx except quota errors, malformed answers); any other error is the
-//!   answer, after exactly one attempt;
+//!   started, 408, 429 except quota errors, 500/502/503/504/529, malformed answers); any
+//!   other error is the answer, after exactly one attempt;
 //! - a retry goes to a target that has not failed this request when there is one, at once;
-//!   otherwise to the same target after the upstream's Retry-After (when it fits the
-//!   deadline) or an exponential backoff with full jitter, and only if that target's retry
-//!   budget allows it;
-//! - targets whose circuit breaker is open are skipped; a model with none left fails fast.
+//!   otherwise to one that has, after its own Retry-After (when it fits the deadline) or an
+//!   exponential backoff with full jitter; either way only if the retry budget of the
+//!   target it goes to allows it;
+//! - targets whose circuit breaker is open are skipped; a model with none left fails fast
+//!   (or, like a model without a usable provider, hands over to its fallbacks).
 //!
 //! Streams are retried only until their first content chunk (see `dispatch.rs`); after it,
 //! the answer is the client's and is never replayed.
