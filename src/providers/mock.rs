@@ -8,15 +8,13 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, stream};
 use http::StatusCode;
 
-use super::{ChatCall, EmbeddingsCall, Provider};
+use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
 use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, Delta};
-use crate::api::embeddings::{Embedding, EmbeddingVector, EmbeddingsResponse, EncodingFormat};
 use crate::config::schema::{MockConfig, MockFault};
 use crate::error::GatewayError;
 use crate::stream::{Chunk, ChunkWriter, JsonReply, Reply, to_json};
@@ -122,29 +120,16 @@ impl Mock {
         }
         tokio::time::sleep(self.config.latency).await;
         let texts = call.request.input.texts();
-        let base64 = call.request.encoding_format == Some(EncodingFormat::Base64);
-        let data = texts
-            .iter()
-            .enumerate()
-            .map(|(index, text)| Embedding {
-                object: "embedding",
-                index,
-                embedding: encode_vector(embed(text, dimensions), base64),
-            })
-            .collect();
-        let prompt: u64 = texts.iter().map(|t| estimate_tokens(t.len())).sum();
-        let usage = Usage::new(prompt, 0, UsageSource::Provider);
-        let response = EmbeddingsResponse {
-            object: "list",
-            data,
-            model: call.model,
-            usage,
-        };
-        Ok(JsonReply {
-            body: to_json(&response),
-            usage: Some(usage),
-            content_len: 0,
-        })
+        let vectors = texts.iter().map(|text| embed(text, dimensions)).collect();
+        // The mock's count is what it bills: usage from the provider.
+        let source = UsageSource::Provider;
+        Ok(embeddings::reply(
+            call.request,
+            call.model,
+            &texts,
+            vectors,
+            source,
+        ))
     }
 }
 
@@ -272,14 +257,6 @@ fn embed(text: &str, dimensions: u32) -> Vec<f32> {
         .sqrt()
         .max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
-}
-
-fn encode_vector(vector: Vec<f32>, base64: bool) -> EmbeddingVector {
-    if !base64 {
-        return EmbeddingVector::Float(vector);
-    }
-    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 #[cfg(test)]

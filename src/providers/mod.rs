@@ -6,6 +6,7 @@
 //! pipeline's jobs. Providers never import pipeline layers.
 
 pub mod anthropic;
+mod embeddings;
 pub mod gemini;
 pub mod http_client;
 mod mock;

@@ -9,7 +9,6 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use base64::Engine;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, StatusCode, Uri};
@@ -20,14 +19,12 @@ use super::http_client::HttpClient;
 use super::translate::ParamPolicy;
 use super::transport::Transport;
 use super::upstream_error::{ErrorParts, kind_for_status};
-use super::{ChatCall, EmbeddingsCall, Provider};
-use crate::api::embeddings::{
-    Embedding, EmbeddingInput, EmbeddingVector, EmbeddingsResponse, EncodingFormat,
-};
+use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
+use crate::api::embeddings::EmbeddingInput;
 use crate::config::schema::{ProviderConfig, ProviderKind};
 use crate::error::{GatewayError, UpstreamStatus};
 use crate::stream::{JsonReply, Reply, to_json};
-use crate::usage::{Usage, UsageSource, estimate_tokens};
+use crate::usage::UsageSource;
 use response::NativeError;
 use stream::{GeminiStream, StreamTranslator};
 
@@ -160,30 +157,15 @@ impl Gemini {
                 .await?;
             answer.embeddings.into_iter().map(|e| e.values).collect()
         };
-        let base64 = call.request.encoding_format == Some(EncodingFormat::Base64);
-        let data = vectors
-            .into_iter()
-            .enumerate()
-            .map(|(index, values)| Embedding {
-                object: "embedding",
-                index,
-                embedding: encode(values, base64),
-            })
-            .collect();
         // Gemini reports no usage for embeddings: estimate, and say so.
-        let prompt = texts.iter().map(|t| estimate_tokens(t.len())).sum();
-        let usage = Usage::new(prompt, 0, UsageSource::Estimated);
-        let response = EmbeddingsResponse {
-            object: "list",
-            data,
-            model: call.model,
-            usage,
-        };
-        Ok(JsonReply {
-            body: to_json(&response),
-            usage: Some(usage),
-            content_len: 0,
-        })
+        let source = UsageSource::Estimated;
+        Ok(embeddings::reply(
+            call.request,
+            call.model,
+            &texts,
+            vectors,
+            source,
+        ))
     }
 
     async fn embed<T: for<'de> Deserialize<'de>>(
@@ -225,14 +207,6 @@ struct SingleEmbedding {
 #[derive(Deserialize)]
 struct BatchEmbeddings {
     embeddings: Vec<Values>,
-}
-
-fn encode(values: Vec<f32>, base64: bool) -> EmbeddingVector {
-    if !base64 {
-        return EmbeddingVector::Float(values);
-    }
-    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// `{"error": {"code", "message", "status"}}`: the type from the HTTP status, the code is
