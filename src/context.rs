@@ -90,10 +90,8 @@ struct RecordState {
     key: Option<Arc<str>>,
     team: Option<Arc<str>>,
     model: Option<Arc<str>>,
-    provider: Option<Arc<str>>,
-    upstream_model: Option<Arc<str>>,
-    /// `provider/upstream model` of the last attempt.
-    target: Option<Arc<str>>,
+    /// The target of the last attempt.
+    target: Option<Arc<Target>>,
     /// Calls made to upstream targets (retries and fallbacks included).
     attempts: u32,
     stream: bool,
@@ -146,11 +144,9 @@ impl RequestRecord {
     }
 
     /// An attempt goes to `target`: the last one is the one that served the request.
-    pub fn start_attempt(&self, target: &Target, price: Option<Price>) {
+    pub fn start_attempt(&self, target: &Arc<Target>, price: Option<Price>) {
         let mut state = self.state();
-        state.provider = Some(target.provider.name.clone());
-        state.upstream_model = Some(target.upstream_model.clone());
-        state.target = Some(target.health.name.clone());
+        state.target = Some(target.clone());
         state.price = price;
         state.attempts += 1;
     }
@@ -158,7 +154,8 @@ impl RequestRecord {
     /// The target of the last attempt (`provider/upstream model`) and the attempts made.
     pub fn attempts(&self) -> (Option<Arc<str>>, u32) {
         let state = self.state();
-        (state.target.clone(), state.attempts)
+        let target = state.target.as_ref().map(|t| t.health.name.clone());
+        (target, state.attempts)
     }
 
     /// Records a moment; only the first occurrence of each counts.
@@ -277,8 +274,8 @@ fn log_access(
         key = state.key.as_deref(),
         team = state.team.as_deref(),
         model = state.model.as_deref(),
-        provider = state.provider.as_deref(),
-        upstream_model = state.upstream_model.as_deref(),
+        provider = state.target.as_ref().map(|t| &*t.provider.name),
+        upstream_model = state.target.as_ref().map(|t| &*t.upstream_model),
         attempts = state.attempts,
         stream = state.stream,
         prompt_tokens = usage.map(|u| u.prompt_tokens),
