@@ -16,6 +16,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 use crate::config::schema::RetryBudgetSettings;
 use breaker::Breaker;
 
+/// The latency a failed attempt counts as, at least.
+const FAILURE_LATENCY: Duration = Duration::from_secs(5);
+
 /// A latency not measured for this long is measured again.
 const LATENCY_STALE: Duration = Duration::from_secs(10);
 
@@ -99,6 +102,12 @@ impl TargetHealth {
                     Ordering::Relaxed,
                 )
                 .is_ok()
+    }
+
+    /// A failed attempt counts as slow (at least [`FAILURE_LATENCY`]): a target that fails
+    /// fast must not look fast to the lowest-latency strategy.
+    pub fn observe_failure(&self, took: Duration) {
+        self.observe_latency(took.max(FAILURE_LATENCY));
     }
 
     /// A first attempt: earns the target retries.

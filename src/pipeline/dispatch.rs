@@ -14,7 +14,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
@@ -30,10 +29,6 @@ use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::snapshot::{Snapshot, Target};
 use crate::stream::{Chunk, ChunkStream, IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
-
-/// The latency a failed attempt counts as, at least: a target that fails fast must not
-/// look fast.
-const FAILURE_LATENCY: Duration = Duration::from_secs(5);
 
 /// An answer that has started: a complete body, or a stream's chunks up to its first
 /// content and the rest of it.
@@ -55,13 +50,14 @@ pub async fn attempt(
     let price = ctx.snapshot.prices.price(&target.upstream_model);
     record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
+    let started = Instant::now();
     let outcome = Outcome {
         in_flight: target.health.start(),
+        started,
         pass,
         snapshot: ctx.snapshot.clone(),
         record: record.clone(),
     };
-    let started = Instant::now();
     let remaining = deadline.attempts.saturating_duration_since(started);
     let answer = tokio::time::timeout(timeouts.first_byte.min(remaining), async {
         match send(target, call, &record.request_id).await? {
@@ -87,11 +83,6 @@ pub async fn attempt(
         Ok(answer) => answer,
         Err(error) => {
             log_failure(record, target, &error);
-            if error.is_retryable() {
-                // A failing target looks slow to the lowest-latency strategy.
-                let took = started.elapsed().max(FAILURE_LATENCY);
-                target.health.observe_latency(took);
-            }
             outcome.finish(Some(&error));
             return Err(error);
         }
@@ -131,6 +122,7 @@ pub async fn attempt(
 /// request) and in the attempts metric. Holds the target's in-flight count meanwhile.
 struct Outcome {
     in_flight: InFlight,
+    started: Instant,
     pass: Pass,
     snapshot: Arc<Snapshot>,
     record: Arc<RequestRecord>,
@@ -145,6 +137,9 @@ impl Outcome {
             let failed = error.is_some_and(GatewayError::is_retryable);
             let settings = &self.snapshot.resilience.breaker;
             health.breaker.record(self.pass, failed, settings, metrics);
+            if failed {
+                health.observe_failure(self.started.elapsed());
+            }
         }
         metrics.count_attempt(&health.name, error.map_or("success", GatewayError::label));
     }
