@@ -985,6 +985,9 @@ async fn an_open_breaker_fails_fast_with_circuit_open() {
     let took = started.elapsed();
     assert_eq!(response.status(), 503);
     let attempts_header = header(&response, "x-switchyard-attempts");
+    // Retry-After says when the next probe is due (the 10 s cooldown).
+    let retry_after: u64 = header(&response, "retry-after").unwrap().parse().unwrap();
+    assert!((8..=10).contains(&retry_after), "retry-after {retry_after}");
     assert_eq!(error_body(response).await["code"], "circuit_open");
     assert!(took < Duration::from_millis(100), "fails fast: {took:?}");
     assert_eq!(upstream.received().len(), 3, "the open target gets nothing");
