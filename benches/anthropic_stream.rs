@@ -38,7 +38,7 @@ fn anthropic_stream(c: &mut Criterion) {
             let mut bytes = 0;
             for event in &events {
                 if let Ok(Some(chunk)) = translator.translate(black_box(event)) {
-                    bytes += chunk.json.len();
+                    bytes += chunk.json().len();
                 }
             }
             bytes

@@ -6,11 +6,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use switchyard::api::reply::JsonReply;
 use switchyard::http::parse;
 use switchyard::pipeline::Call;
 use switchyard::providers::ChatCall;
 use switchyard::providers::openai::chat_body;
-use switchyard::stream::probe_completion;
 
 const REQUEST: &[u8] = include_bytes!("chat-request.json");
 
@@ -47,10 +47,10 @@ fn request_path(c: &mut Criterion) {
             chat_body(&call)
         })
     });
-    let body = response();
+    let body = bytes::Bytes::from(response());
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("read_response_usage", |b| {
-        b.iter(|| probe_completion(black_box(&body), "openai"))
+        b.iter(|| JsonReply::from_openai(black_box(body.clone()), "openai"))
     });
     group.finish();
 }

@@ -6,10 +6,15 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 use switchyard::config::parse;
+use switchyard::context::RequestContext;
 use switchyard::health::breaker::Pass;
+use switchyard::http::parse as parse_body;
 use switchyard::pipeline::balance;
+use switchyard::record::RequestRecord;
+use switchyard::report::Endpoint;
 use switchyard::shared::Shared;
 use switchyard::snapshot::Snapshot;
 
@@ -23,17 +28,41 @@ models:
   least_in_flight: {strategy: least_in_flight, targets: [{provider: one}, {provider: two}, {provider: three}]}
   lowest_latency: {strategy: lowest_latency, targets: [{provider: one}, {provider: two}, {provider: three}]}
   priority: {strategy: priority, targets: [{provider: one}, {provider: two}, {provider: three}]}
+auth:
+  keys:
+    bench: {sha256: 0000000000000000000000000000000000000000000000000000000000000000}
 "#;
 
 fn resilience(c: &mut Criterion) {
     let shared = Shared::default();
     let raw = parse(CONFIG, |_| None).unwrap_or_else(|e| panic!("{e:?}"));
-    let snapshot = Snapshot::build(raw, &shared).unwrap_or_else(|e| panic!("{e:?}"));
+    let snapshot = Arc::new(Snapshot::build(raw, &shared).unwrap_or_else(|e| panic!("{e:?}")));
+    let key = snapshot
+        .keys
+        .by_name("bench")
+        .cloned()
+        .unwrap_or_else(|| panic!("bench key"));
+    let record = RequestRecord::new(
+        Arc::from("req_bench"),
+        Endpoint::ChatCompletions,
+        &key,
+        shared.metrics.clone(),
+        shared.sinks.clone(),
+    );
+    let ctx = RequestContext {
+        record: Arc::new(record),
+        snapshot: snapshot.clone(),
+        headers: http::HeaderMap::new(),
+        key,
+        route: None,
+    };
+    let body = br#"{"model": "weighted", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let call = parse_body::chat(body).unwrap_or_else(|e| panic!("{e}"));
     let settings = &snapshot.resilience.breaker;
     let mut group = c.benchmark_group("resilience");
     for (name, route) in &snapshot.models {
         group.bench_function(format!("pick_{name}"), |b| {
-            b.iter(|| balance::pick(black_box(route), settings, &shared.metrics, |_| true))
+            b.iter(|| balance::pick(&ctx, &call, black_box(route), |_| true))
         });
     }
     let target = &snapshot.models["weighted"].targets[0];

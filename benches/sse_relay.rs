@@ -10,10 +10,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{FutureExt, StreamExt, stream};
-use switchyard::context::{Endpoint, RequestRecord};
+use switchyard::api::chunk::Chunk;
+use switchyard::api::reply::ChunkStream;
+use switchyard::auth::{Key, KeyTable};
+use switchyard::config::parse;
 use switchyard::http::relay::SseRelay;
 use switchyard::metrics::Metrics;
-use switchyard::stream::{Chunk, ChunkStream, Metered};
+use switchyard::pipeline::watchers::Metered;
+use switchyard::record::RequestRecord;
+use switchyard::report::{Endpoint, Sinks};
 
 const CHUNKS: usize = 20;
 
@@ -38,9 +43,26 @@ fn upstream_events() -> Vec<Bytes> {
         .collect()
 }
 
+/// The key a benchmark request is made with.
+fn caller() -> Arc<Key> {
+    let zeros = "0".repeat(64);
+    let raw = parse(
+        &format!("auth: {{keys: {{bench: {{sha256: {zeros}}}}}}}"),
+        |_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let table = KeyTable::build(&raw.auth);
+    table
+        .by_name("bench")
+        .cloned()
+        .unwrap_or_else(|| panic!("the bench key"))
+}
+
 fn sse_relay(c: &mut Criterion) {
     let events = upstream_events();
     let metrics = Arc::new(Metrics::new());
+    let sinks: Sinks = Arc::new([metrics.clone()]);
+    let caller = caller();
     let mut group = c.benchmark_group("sse_relay");
     group.throughput(Throughput::Elements(CHUNKS as u64));
     group.bench_function("probe_chunk", |b| {
@@ -51,7 +73,9 @@ fn sse_relay(c: &mut Criterion) {
             let record = Arc::new(RequestRecord::new(
                 Arc::from("req_bench"),
                 Endpoint::ChatCompletions,
+                &caller,
                 metrics.clone(),
+                sinks.clone(),
             ));
             let chunks = events
                 .iter()

@@ -76,7 +76,7 @@ impl Admin<'_> {
             new_key().map_err(|e| GatewayError::Internal(format!("no randomness: {e}")))?;
         settings.sha256 = hex(&hash_key(&secret));
         let record = StoredKey {
-            created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            created_at: humantime::format_rfc3339_seconds(crate::clock::wall()).to_string(),
             key: settings,
         };
         self.keys.create(&name, &record).await?;

@@ -5,12 +5,15 @@
 //!             1. request id        x-request-id kept or made, echoed on every response
 //!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
 //!             3. hygiene           hop-by-hop headers stripped both ways
-//!             4. handler           body read (size + idle limits), parsed once into a
+//!             4. auth              on the request head, before any body is read: the
+//!                                  /v1 routes need a virtual key (→ Caller: key and the
+//!                                  config snapshot), /admin routes the admin key
+//!             5. handler           body read (size + idle limits), parsed once into a
 //!                                  typed request, RequestContext created, pipeline run,
 //!                                  reply (JSON or SSE relay) or error written
 //!
 //!         ──► pipeline (tower, this file's `pipeline`), over typed requests
-//!             auth                      virtual key → caller, model allowed?  (ctx.key)
+//!             access                    may the key and its team use the model  (403)
 //!             [planned] experiments     A/B and canary: model, provider, prompt version
 //!             [planned] prompt          versioned templates from prompts/
 //!             [planned] redact          PII out on the way in, restored on the way back
@@ -25,15 +28,18 @@
 //!                                       timeouts, usage
 //!
 //!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
+//!
+//!  when the request is over, its record builds one Report for every sink (report.rs):
+//!  the access log, the metrics
 //! ```
 //!
 //! Layers read and write the typed `RequestContext`; none imports another.
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -41,33 +47,24 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::GatewayError;
 use crate::headers::REQUEST_ID;
-use crate::http::admin::{self, Listener};
-use crate::http::{handlers, hygiene, request_id::MakeId};
-use crate::metrics::Metrics;
+use crate::http::auth::{AuthLayer, Door, Listener};
+use crate::http::{App, admin, handlers, hygiene, request_id::MakeId};
 use crate::pipeline::Pipeline;
-use crate::pipeline::auth::AuthLayer;
+use crate::pipeline::access::AccessLayer;
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
 use crate::pipeline::route::RouteLayer;
 use crate::reload::ConfigStore;
 use crate::shared::Shared;
 
-/// What every handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct App {
-    pub store: Arc<ConfigStore>,
-    pub pipeline: Pipeline,
-    pub metrics: Arc<Metrics>,
-}
-
-impl App {
-    pub fn new(store: Arc<ConfigStore>) -> Self {
-        let shared = store.shared().clone();
-        Self {
-            pipeline: pipeline(&shared),
-            metrics: shared.metrics.clone(),
-            store,
-        }
+/// The application every listener serves, over the store's current config.
+pub fn app(store: Arc<ConfigStore>) -> App {
+    let shared = store.shared().clone();
+    App {
+        pipeline: pipeline(&shared),
+        metrics: shared.metrics.clone(),
+        sinks: shared.sinks.clone(),
+        store,
     }
 }
 
@@ -75,32 +72,41 @@ impl App {
 /// comes from the request's config snapshot, so a reload never rebuilds this stack.
 pub fn pipeline(shared: &Shared) -> Pipeline {
     let stack = ServiceBuilder::new()
-        .layer(AuthLayer::new(shared.keys.clone()))
+        .layer(AccessLayer)
         .layer(RouteLayer)
         .layer(LimitsLayer::new(shared.limiter.clone()))
         .service(Resilience);
     BoxCloneSyncService::new(stack)
 }
 
-/// The public listener's application: the OpenAI API, probes, metrics, and the admin API
-/// (which answers only if the config puts it on this listener).
+/// The public listener's application: the OpenAI API (every route behind the clients'
+/// door), probes, metrics, and the admin API (which answers only if the config puts it on
+/// this listener).
 pub fn router(app: App) -> Router {
-    let routes = Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
+        .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
+    let routes = Router::new()
+        .merge(api)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
-        .merge(admin::routes())
-        .layer(Extension(Listener::Public));
+        .merge(admin_routes(&app, Listener::Public));
     with_edge(routes, app)
 }
 
 /// The admin listener's application: the admin API only.
 pub fn admin_router(app: App) -> Router {
-    with_edge(admin::routes().layer(Extension(Listener::Admin)), app)
+    with_edge(admin_routes(&app, Listener::Admin), app)
+}
+
+/// The admin API behind the admin door of `listener`.
+fn admin_routes(app: &App, listener: Listener) -> Router<App> {
+    let door = AuthLayer::new(app.store.clone(), Door::Admin(listener));
+    admin::routes().route_layer(door)
 }
 
 /// Routes, then the edge layers (outermost first).

@@ -204,7 +204,7 @@ pub fn authenticate(
         } else {
             GatewayError::InvalidKey
         })?;
-    let expired = key.expires_at.is_some_and(|at| at <= SystemTime::now());
+    let expired = key.expires_at.is_some_and(|at| at <= crate::clock::wall());
     if !key.enabled || expired {
         return Err(GatewayError::InvalidKey);
     }

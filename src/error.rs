@@ -111,17 +111,66 @@ pub enum GatewayError {
     Internal(String),
 }
 
-/// An upstream's error answer. `message`, `kind`, `code` and `param` come from its body
-/// when it was OpenAI-shaped.
+/// An upstream's error answer. `message`, `error_type`, `code` and `param` come from its
+/// body when the adapter could read it; `kind` is what the adapter made of it.
 #[derive(Debug)]
 pub struct UpstreamStatus {
     pub provider: String,
     pub status: StatusCode,
+    pub kind: UpstreamKind,
     pub message: String,
-    pub kind: Option<String>,
+    pub error_type: Option<String>,
     pub code: Option<String>,
     pub param: Option<String>,
     pub retry_after: Option<Duration>,
+}
+
+/// What an upstream's error answer means, decided by the adapter that read it (each
+/// provider words its errors its own way). Retries, fallbacks, context fallbacks and the
+/// breaker read only this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// Throttled: the same request can succeed later, or elsewhere.
+    RateLimited,
+    /// The account's quota or credit is spent: retrying this provider does not help.
+    QuotaExceeded,
+    /// Temporarily overloaded or unavailable (503, 529).
+    Overloaded,
+    /// Any other failure on the provider's side (500, 502, 504, 408...).
+    Server,
+    /// The prompt does not fit the model's context window.
+    ContextWindowExceeded,
+    /// The provider refused the content.
+    ContentFiltered,
+    /// Anything else the provider found wrong with the request.
+    BadRequest,
+    /// The provider rejected the gateway's own credentials (401, 403): a configuration
+    /// fault of the gateway, never the client's.
+    Auth,
+    /// The provider does not know the model or deployment the target names (404): a
+    /// configuration fault of the gateway.
+    NotFound,
+}
+
+impl UpstreamKind {
+    /// The kind an error status means when the body says nothing more precise.
+    pub fn from_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            401 | 403 => Self::Auth,
+            404 => Self::NotFound,
+            408 => Self::Server,
+            429 => Self::RateLimited,
+            503 | 529 => Self::Overloaded,
+            500..=599 => Self::Server,
+            _ => Self::BadRequest,
+        }
+    }
+
+    /// Whether the gateway's own configuration is at fault (its key or its target), so the
+    /// client gets a 502 and never the upstream's words.
+    fn is_gateway_fault(self) -> bool {
+        matches!(self, Self::Auth | Self::NotFound)
+    }
 }
 
 impl GatewayError {
@@ -147,6 +196,7 @@ impl GatewayError {
             | Self::CircuitOpen { .. }
             | Self::LimitsUnavailable
             | Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(upstream) if upstream.kind.is_gateway_fault() => StatusCode::BAD_GATEWAY,
             Self::Upstream(upstream) => upstream.status,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -192,27 +242,26 @@ impl GatewayError {
         }
     }
 
-    /// Whether the provider refused this prompt for not fitting the model's context window
-    /// (OpenAI's code, Anthropic's and Gemini's wording).
-    pub fn is_context_window(&self) -> bool {
-        let Self::Upstream(upstream) = self else {
-            return false;
-        };
-        let message = upstream.message.to_ascii_lowercase();
-        upstream.code.as_deref() == Some("context_length_exceeded")
-            || message.contains("maximum context length")
-            || message.contains("prompt is too long")
-            || message.contains("exceeds the maximum number of tokens")
+    /// What the upstream's error answer meant, when this is one.
+    pub fn upstream_kind(&self) -> Option<UpstreamKind> {
+        match self {
+            Self::Upstream(upstream) => Some(upstream.kind),
+            _ => None,
+        }
     }
 
-    /// Whether the same request could succeed if sent again (to this or another target).
+    /// Whether the provider refused this prompt for not fitting the model's context window.
+    pub fn is_context_window(&self) -> bool {
+        self.upstream_kind() == Some(UpstreamKind::ContextWindowExceeded)
+    }
+
+    /// Whether the same request could succeed if sent again, to this target or another.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Upstream(upstream) => {
-                let quota = upstream.code.as_deref() == Some("insufficient_quota");
-                let status = upstream.status.as_u16();
-                matches!(status, 408 | 429 | 500 | 502 | 503 | 504 | 529) && !quota
-            }
+            Self::Upstream(upstream) => matches!(
+                upstream.kind,
+                UpstreamKind::RateLimited | UpstreamKind::Overloaded | UpstreamKind::Server
+            ),
             // A malformed answer is most often a transient glitch between us and the
             // provider; before the first content it is retried invisibly.
             Self::UpstreamUnreachable { .. }
@@ -221,6 +270,17 @@ impl GatewayError {
             Self::RateLimited { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => true,
             _ => false,
         }
+    }
+
+    /// Whether another target can take the request after this failure: a retryable one,
+    /// or a target the gateway misconfigured (its credentials or model), which another
+    /// target does not share. Such a failure also says the target is unhealthy, so its
+    /// breaker counts it (a client's bad request or the request's own deadline do not).
+    pub fn fails_over(&self) -> bool {
+        self.is_retryable()
+            || self
+                .upstream_kind()
+                .is_some_and(UpstreamKind::is_gateway_fault)
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -235,8 +295,9 @@ impl GatewayError {
     /// The OpenAI error `type`.
     fn kind(&self) -> &str {
         match self {
-            Self::Upstream(upstream) if upstream.kind.is_some() => {
-                upstream.kind.as_deref().unwrap_or_default()
+            Self::Upstream(upstream) if upstream.kind.is_gateway_fault() => "api_error",
+            Self::Upstream(upstream) if upstream.error_type.is_some() => {
+                upstream.error_type.as_deref().unwrap_or_default()
             }
             Self::OverBudget { .. } => "insufficient_quota",
             _ => match self.status().as_u16() {
@@ -274,7 +335,11 @@ impl GatewayError {
             Self::Conflict(_) => Some("conflict"),
             Self::NoUsableTarget { .. } => Some("model_unavailable"),
             Self::CircuitOpen { .. } => Some("circuit_open"),
-            Self::Upstream(upstream) => upstream.code.as_deref(),
+            Self::Upstream(upstream) => match upstream.kind {
+                UpstreamKind::Auth => Some("upstream_credentials_rejected"),
+                UpstreamKind::NotFound => Some("upstream_not_found"),
+                _ => upstream.code.as_deref(),
+            },
             Self::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             Self::UpstreamTimeout { .. } => Some("upstream_timeout"),
             Self::DeadlineExceeded { .. } => Some("deadline_exceeded"),
@@ -291,7 +356,9 @@ impl GatewayError {
             | Self::NoUsableTarget { .. }
             | Self::CircuitOpen { .. }
             | Self::ModelNotAllowed { .. } => Some("model"),
-            Self::Upstream(upstream) => upstream.param.as_deref(),
+            Self::Upstream(upstream) if !upstream.kind.is_gateway_fault() => {
+                upstream.param.as_deref()
+            }
             _ => None,
         }
     }
@@ -301,7 +368,20 @@ impl GatewayError {
     /// (addresses, socket errors) belongs in our log, not in a response.
     fn public_message(&self) -> String {
         match self {
-            Self::Upstream(upstream) => upstream.message.clone(),
+            Self::Upstream(upstream) => match upstream.kind {
+                // The upstream's words could quote the gateway's key or name its
+                // deployments: the client gets ours.
+                UpstreamKind::Auth => format!(
+                    "the upstream provider '{}' rejected the gateway's credentials (HTTP {}): the gateway's provider configuration must be fixed",
+                    upstream.provider,
+                    upstream.status.as_u16()
+                ),
+                UpstreamKind::NotFound => format!(
+                    "the upstream provider '{}' does not know the model or deployment this gateway's target names (HTTP 404): the gateway's configuration must be fixed",
+                    upstream.provider
+                ),
+                _ => upstream.message.clone(),
+            },
             Self::UpstreamUnreachable { provider, .. } => {
                 format!("the upstream provider '{provider}' could not be reached")
             }
@@ -398,20 +478,43 @@ mod tests {
         assert!(!body.contains("mutex"), "{body}");
     }
 
+    fn upstream(status: u16, kind: UpstreamKind) -> GatewayError {
+        GatewayError::Upstream(Box::new(UpstreamStatus {
+            provider: "p".into(),
+            status: StatusCode::from_u16(status).unwrap(),
+            kind,
+            message: "Incorrect API key provided: sk-abc***wxyz".into(),
+            error_type: Some("invalid_request_error".into()),
+            code: Some("invalid_api_key".into()),
+            param: Some("key".into()),
+            retry_after: None,
+        }))
+    }
+
     #[test]
-    fn quota_errors_are_not_retryable() {
-        let upstream = |code: Option<&str>| {
-            GatewayError::Upstream(Box::new(UpstreamStatus {
-                provider: "p".into(),
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: "m".into(),
-                kind: None,
-                code: code.map(str::to_owned),
-                param: None,
-                retry_after: None,
-            }))
-        };
-        assert!(upstream(Some("rate_limit_exceeded")).is_retryable());
-        assert!(!upstream(Some("insufficient_quota")).is_retryable());
+    fn decisions_read_the_kind() {
+        assert!(upstream(429, UpstreamKind::RateLimited).is_retryable());
+        assert!(!upstream(429, UpstreamKind::QuotaExceeded).is_retryable());
+        assert!(!upstream(429, UpstreamKind::QuotaExceeded).fails_over());
+        assert!(upstream(400, UpstreamKind::ContextWindowExceeded).is_context_window());
+        let auth = upstream(401, UpstreamKind::Auth);
+        assert!(!auth.is_retryable() && auth.fails_over());
+        assert!(!upstream(400, UpstreamKind::BadRequest).fails_over());
+    }
+
+    #[test]
+    fn rejected_credentials_are_the_gateways_fault_and_never_quoted() {
+        for (status, kind) in [
+            (401, UpstreamKind::Auth),
+            (403, UpstreamKind::Auth),
+            (404, UpstreamKind::NotFound),
+        ] {
+            let err = upstream(status, kind);
+            assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+            let body = String::from_utf8(err.body("req").to_vec()).unwrap();
+            assert!(!body.contains("sk-abc"), "{body}");
+            assert!(body.contains("'p'"), "names the provider: {body}");
+            assert!(body.contains("\"type\":\"api_error\""), "{body}");
+        }
     }
 }

@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{self, App};
+use crate::app;
 use crate::config::{ConfigErrors, ConfigSource};
-use crate::health;
+use crate::health_checks;
 use crate::reload::{self, ConfigStore};
 use crate::server::{self, ServerOptions};
 
@@ -58,9 +58,9 @@ impl Gateway {
         };
         let mut background = vec![reload::watch(store.clone()).map_err(StartError::Watch)?];
         background.extend(store.shared().keys.follow());
-        background.push(health::checks::start(store.clone()));
+        background.push(health_checks::start(store.clone()));
         let (stop, stopped) = watch::channel(false);
-        let app = App::new(store.clone());
+        let app = app::app(store.clone());
         let (addr, public) = public;
         let mut servers = vec![spawn_server(
             public,

@@ -26,7 +26,6 @@ use crate::auth::{self, Key, KeyTable, Teams};
 use crate::config::schema::{KeyConfig, LimitsBackend, LimitsSettings};
 use crate::error::GatewayError;
 use crate::shared_store;
-use crate::snapshot::Snapshot;
 
 /// How often a replica checks for keys changed elsewhere.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -128,14 +127,15 @@ impl KeyStore {
         }
     }
 
-    /// The key presented in `headers`: from the config first, then from the admin API.
+    /// The key presented in `headers`: from the config's keys first, then from the admin
+    /// API's.
     pub fn authenticate(
         &self,
-        snapshot: &Snapshot,
+        config_keys: &KeyTable,
         headers: &HeaderMap,
     ) -> Result<Arc<Key>, GatewayError> {
         let created = self.table.load();
-        auth::authenticate(headers, &[Some(&snapshot.keys), created.as_deref()])
+        auth::authenticate(headers, &[Some(config_keys), created.as_deref()])
     }
 
     /// The admin-created keys as last read, `None` if the shared store was never read.
@@ -149,13 +149,13 @@ impl KeyStore {
     }
 
     /// A config was loaded: admin-created keys now belong to its teams.
-    pub fn follow_config(&self, snapshot: &Snapshot) {
+    pub fn follow_config(&self, config_keys: &KeyTable) {
         let _writing = lock(&self.writing);
-        self.teams.store(Arc::new(snapshot.keys.teams().clone()));
+        self.teams.store(Arc::new(config_keys.teams().clone()));
         self.rebuild();
         let records = self.records.load();
         for name in records.iter().flat_map(|r| r.keys()) {
-            if snapshot.auth.keys.contains_key(name) {
+            if config_keys.by_name(name).is_some() {
                 tracing::warn!(key = %name, "the config file and the admin API both define this key name: the two keys share its limits, budgets and usage; rename one");
             }
         }

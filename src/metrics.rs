@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::report::{Report, Sink};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub endpoint: &'static str,
@@ -37,8 +39,8 @@ pub struct ReloadLabels {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub config_reloads: Family<ReloadLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
     limits_degraded: Gauge,
     limits_errors: Counter,
     breaker_state: Family<TargetLabels, Gauge>,
@@ -143,6 +145,18 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Counts every finished request by endpoint, public model and status.
+impl Sink for Metrics {
+    fn record(&self, report: &Report) {
+        let labels = RequestLabels {
+            endpoint: report.endpoint.as_str(),
+            model: report.model.clone().unwrap_or_else(|| Arc::from("unknown")),
+            status: report.status,
+        };
+        self.requests.get_or_create(&labels).inc();
     }
 }
 

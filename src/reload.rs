@@ -44,7 +44,7 @@ impl ConfigStore {
             }],
         })?;
         let snapshot = build_from(&source, raw, &shared)?;
-        shared.keys.follow_config(&snapshot);
+        shared.keys.follow_config(&snapshot.keys);
         Ok(Self {
             source,
             shared: Arc::new(shared),
@@ -89,7 +89,7 @@ impl ConfigStore {
                         "limits.backend or limits.redis changed; the limit store changes at the next restart"
                     );
                 }
-                self.shared.keys.follow_config(&snapshot);
+                self.shared.keys.follow_config(&snapshot.keys);
                 self.current.store(Arc::new(snapshot));
                 tracing::info!(source = %self.source, "config reloaded");
                 Ok(())

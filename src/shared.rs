@@ -4,20 +4,42 @@
 
 use std::sync::Arc;
 
+use crate::access_log::AccessLog;
 use crate::config::schema::LimitsSettings;
 use crate::health::HealthTable;
 use crate::key_store::KeyStore;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
+use crate::report::Sinks;
 
-#[derive(Default)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Where every finished request's report goes.
+    pub sinks: Sinks,
     pub http: HttpClients,
     pub limiter: Arc<Limiter>,
     pub keys: Arc<KeyStore>,
     pub health: HealthTable,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        let metrics = Arc::new(Metrics::new());
+        Self {
+            sinks: sinks(&metrics),
+            metrics,
+            http: HttpClients::default(),
+            limiter: Arc::default(),
+            keys: Arc::default(),
+            health: HealthTable::default(),
+        }
+    }
+}
+
+/// The report sinks, in order: the access log line, then the request counters.
+fn sinks(metrics: &Arc<Metrics>) -> Sinks {
+    Arc::new([Arc::new(AccessLog), metrics.clone()])
 }
 
 impl Shared {
@@ -27,6 +49,7 @@ impl Shared {
         let metrics = Arc::new(Metrics::new());
         let limiter = Limiter::new(limits, metrics.clone())?;
         Ok(Self {
+            sinks: sinks(&metrics),
             metrics,
             http: HttpClients::default(),
             limiter: Arc::new(limiter),

@@ -93,8 +93,9 @@ async fn well_framed_pipelined_and_chunked_requests_are_served() {
 async fn a_stalled_body_times_out_with_408() {
     let gateway = gateway().await;
     let mut stream = TcpStream::connect(gateway.gateway.addr).await.unwrap();
-    let head =
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n{\"model\":";
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     let mut response = vec![0u8; 4096];

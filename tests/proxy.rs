@@ -310,9 +310,14 @@ async fn secrets_never_reach_the_logs() {
     let rejected = gateway
         .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "fail"}]}))
         .await;
-    assert_eq!(rejected.status(), 401);
+    // The provider refused the gateway's own credentials: not the client's fault.
+    assert_eq!(rejected.status(), 502);
     let body = rejected.text().await.unwrap();
     assert!(!body.contains(UPSTREAM_KEY), "{body}");
+    assert!(
+        body.contains("'up' rejected the gateway's credentials"),
+        "{body}"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = logs.text();
     assert!(

@@ -249,11 +249,38 @@ pub struct ChatCompletion {
     pub usage: Usage,
 }
 
+/// Why a choice's generation ended (`finish_reason`). Values a provider invents are read
+/// as `Other` (the answer is relayed unchanged; only the gateway's own facts lose them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    FunctionCall,
+    #[serde(other)]
+    Other,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+            Self::FunctionCall => "function_call",
+            Self::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Choice {
     pub index: u32,
     pub message: AssistantMessage,
-    pub finish_reason: Option<&'static str>,
+    pub finish_reason: Option<FinishReason>,
     pub logprobs: Option<()>,
 }
 
@@ -266,6 +293,21 @@ pub struct AssistantMessage {
     /// Thinking or reasoning text, kept under the name DeepSeek and vLLM use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+}
+
+impl AssistantMessage {
+    /// Bytes of generated text (content, reasoning, tool names and arguments).
+    pub fn text_len(&self) -> usize {
+        let tools: usize = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|t| t.function.name.len() + t.function.arguments.len())
+            .sum();
+        self.content.as_ref().map_or(0, String::len)
+            + self.reasoning_content.as_ref().map_or(0, String::len)
+            + tools
+    }
 }
 
 impl ToolCall {
@@ -294,7 +336,7 @@ pub struct ChatCompletionChunk<'a> {
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
-    pub finish_reason: Option<&'a str>,
+    pub finish_reason: Option<FinishReason>,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{clock, millis};
+use crate::clock::{self, as_millis};
 use crate::config::schema::BreakerSettings;
 use crate::metrics::Metrics;
 
@@ -40,7 +40,7 @@ const BUCKETS: usize = 10;
 pub struct Breaker {
     target: Arc<str>,
     state: AtomicU8,
-    /// Open: when the first probe may go (ms on [`clock`]). Half-open: when another probe
+    /// Open: when the first probe may go (ms on [`clock::millis`]). Half-open: when another probe
     /// may go if the last one never reported (its request was cancelled).
     probe_at: AtomicU64,
     counts: Mutex<Counts>,
@@ -92,9 +92,10 @@ impl Breaker {
     pub fn is_available(&self) -> bool {
         match self.state() {
             State::Closed => true,
-            State::Open => clock() >= self.probe_at.load(Ordering::Relaxed),
+            State::Open => clock::millis() >= self.probe_at.load(Ordering::Relaxed),
             State::HalfOpen => {
-                self.lock().probes_left > 0 || clock() >= self.probe_at.load(Ordering::Relaxed)
+                self.lock().probes_left > 0
+                    || clock::millis() >= self.probe_at.load(Ordering::Relaxed)
             }
         }
     }
@@ -104,7 +105,7 @@ impl Breaker {
         if self.state() == State::Closed {
             return Some(Pass::Closed);
         }
-        let now = clock();
+        let now = clock::millis();
         let mut counts = self.lock();
         match self.state() {
             State::Closed => Some(Pass::Closed),
@@ -130,7 +131,7 @@ impl Breaker {
         }
         counts.probes_left = counts.probes_left.saturating_sub(1);
         self.probe_at
-            .store(now + millis(settings.cooldown), Ordering::Relaxed);
+            .store(now + as_millis(settings.cooldown), Ordering::Relaxed);
         Some(Pass::Probe)
     }
 
@@ -138,7 +139,7 @@ impl Breaker {
     /// `failed` counts only failures that say something about the target (not a client's
     /// bad request).
     pub fn record(&self, pass: Pass, failed: bool, settings: &BreakerSettings, metrics: &Metrics) {
-        let now = clock();
+        let now = clock::millis();
         let mut counts = self.lock();
         count_in_window(&mut counts, settings.window, now, failed);
         if failed {
@@ -155,7 +156,7 @@ impl Breaker {
                 if failed && trip {
                     // A circuit that stayed closed for a whole window starts again from
                     // the base cooldown.
-                    if now.saturating_sub(counts.closed_at) > millis(settings.window) {
+                    if now.saturating_sub(counts.closed_at) > as_millis(settings.window) {
                         counts.trips_in_a_row = 0;
                     }
                     self.trip(&mut counts, settings, metrics, now);
@@ -178,7 +179,7 @@ impl Breaker {
         counts.trips += 1;
         counts.probes_left = 0;
         self.probe_at
-            .store(now + millis(cooldown), Ordering::Relaxed);
+            .store(now + as_millis(cooldown), Ordering::Relaxed);
         self.set_state(State::Open, metrics, true);
         tracing::info!(
             target_name = &*self.target,
@@ -205,13 +206,14 @@ impl Breaker {
         Duration::from_millis(
             self.probe_at
                 .load(Ordering::Relaxed)
-                .saturating_sub(clock()),
+                .saturating_sub(clock::millis()),
         )
     }
 
     pub fn view(&self, settings: &BreakerSettings) -> View {
         let counts = self.lock();
-        let (window_requests, window_failures) = window_totals(&counts, settings.window, clock());
+        let (window_requests, window_failures) =
+            window_totals(&counts, settings.window, clock::millis());
         let state = self.state();
         View {
             state,
@@ -239,7 +241,7 @@ impl Breaker {
 }
 
 fn count_in_window(counts: &mut Counts, window: Duration, now: u64, failed: bool) {
-    let width = (millis(window) / BUCKETS as u64).max(1);
+    let width = (as_millis(window) / BUCKETS as u64).max(1);
     let start = now - now % width;
     let bucket = &mut counts.window[(now / width) as usize % BUCKETS];
     if bucket.0 != start {
@@ -257,7 +259,7 @@ fn window_totals(counts: &Counts, window: Duration, now: u64) -> (u32, u32) {
     counts
         .window
         .iter()
-        .filter(|(start, ..)| start + millis(window) > now)
+        .filter(|(start, ..)| start + as_millis(window) > now)
         .fold((0, 0), |(requests, failures), (_, ok, failed)| {
             (requests + ok + failed, failures + failed)
         })

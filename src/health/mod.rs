@@ -4,15 +4,15 @@
 //! the request path never looks one up.
 
 pub mod breaker;
-pub mod checks;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::clock::{self, as_millis};
 use crate::config::schema::RetryBudgetSettings;
 use breaker::Breaker;
 
@@ -32,11 +32,13 @@ pub struct TargetHealth {
     in_flight: AtomicU32,
     /// Exponentially weighted latency in µs (0: never measured).
     latency_us: AtomicU64,
-    /// When it was last measured (ms on [`clock`]).
+    /// When it was last measured (ms on [`clock::millis`]).
     latency_at: AtomicU64,
     retries: TpsBudget,
-    /// When the next active health check is due (ms on [`clock`]).
+    /// When the next active health check is due (ms on [`clock::millis`]).
     next_check: AtomicU64,
+    /// The provider's last answer for this target rejected the gateway's credentials.
+    credentials_rejected: AtomicBool,
 }
 
 impl TargetHealth {
@@ -49,6 +51,7 @@ impl TargetHealth {
             latency_at: AtomicU64::new(0),
             retries: TpsBudget::new(BUDGET_WINDOW, budget.min_per_second, budget.ratio),
             next_check: AtomicU64::new(0),
+            credentials_rejected: AtomicBool::new(false),
         }
     }
 
@@ -66,7 +69,7 @@ impl TargetHealth {
     /// target that was slow once is measured again instead of avoided for ever.
     pub fn latency(&self) -> Duration {
         let measured_at = self.latency_at.load(Ordering::Relaxed);
-        if clock().saturating_sub(measured_at) > millis(LATENCY_STALE) {
+        if clock::millis().saturating_sub(measured_at) > as_millis(LATENCY_STALE) {
             return Duration::ZERO;
         }
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
@@ -74,7 +77,7 @@ impl TargetHealth {
 
     /// Folds in one measurement (weight 0.3: about the last five requests count).
     pub fn observe_latency(&self, latency: Duration) {
-        self.latency_at.store(clock(), Ordering::Relaxed);
+        self.latency_at.store(clock::millis(), Ordering::Relaxed);
         let sample = latency.as_micros() as u64;
         let _ = self
             .latency_us
@@ -90,14 +93,14 @@ impl TargetHealth {
     /// Whether a health check is due; if so, the next one is booked `interval` later (so
     /// a target shared by several models is checked once).
     pub fn claim_check(&self, interval: Duration) -> bool {
-        let now = clock();
+        let now = clock::millis();
         let due = self.next_check.load(Ordering::Relaxed);
         now >= due
             && self
                 .next_check
                 .compare_exchange(
                     due,
-                    now + millis(interval),
+                    now + as_millis(interval),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
@@ -108,6 +111,26 @@ impl TargetHealth {
     /// fast must not look fast to the lowest-latency strategy.
     pub fn observe_failure(&self, took: Duration) {
         self.observe_latency(took.max(FAILURE_LATENCY));
+    }
+
+    /// Whether the provider accepted the gateway's credentials at its last answer for this
+    /// target. A rejection is a configuration fault someone must fix: it is logged at ERROR
+    /// when it starts (once, not per request), and at INFO when it ends.
+    pub fn observe_credentials(&self, rejected: bool) {
+        if self.credentials_rejected.swap(rejected, Ordering::Relaxed) == rejected {
+            return;
+        }
+        if rejected {
+            tracing::error!(
+                target_name = &*self.name,
+                "the provider rejected the gateway's credentials for this target: check the provider's api_key"
+            );
+        } else {
+            tracing::info!(
+                target_name = &*self.name,
+                "the provider accepts the gateway's credentials again"
+            );
+        }
     }
 
     /// A first attempt: earns the target retries.
@@ -157,15 +180,4 @@ impl HealthTable {
             .or_insert_with(|| Arc::new(TargetHealth::new(name, budget)))
             .clone()
     }
-}
-
-pub(crate) fn millis(duration: Duration) -> u64 {
-    duration.as_millis() as u64
-}
-
-/// Milliseconds on a monotonic clock (since its first use; never 0 after that, so 0 can
-/// mean "now").
-pub(crate) fn clock() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    millis(START.get_or_init(Instant::now).elapsed()) + 1
 }

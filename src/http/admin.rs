@@ -1,8 +1,8 @@
-//! The admin API over HTTP: routes, the admin key, JSON bodies. Served on the admin
-//! listener (`admin.listen`) and on the public listener only when `admin.on_public_listener`
-//! is set; elsewhere the routes answer 404 like any unknown URL. Every route needs the admin
-//! key (its SHA-256 is `admin.key_sha256`, compared in constant time). What each route does
-//! is `admin.rs`.
+//! The admin API over HTTP: routes and JSON bodies. Served on the admin listener
+//! (`admin.listen`) and on the public listener only when `admin.on_public_listener` is set;
+//! elsewhere the routes answer 404 like any unknown URL. Every route is behind the admin
+//! door of the edge's auth layer (`auth.rs`: the admin key, whose SHA-256 is
+//! `admin.key_sha256`, compared in constant time). What each route does is `admin.rs`.
 //!
 //! ```text
 //! POST   /admin/keys           create (the key is in the answer, once)
@@ -23,19 +23,11 @@ use axum::{Extension, http::StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::body;
-use super::handlers::{json_response, request_id};
+use super::auth::AdminCaller;
+use super::handlers::json_response;
+use super::{App, body, request_id};
 use crate::admin::Admin;
-use crate::app::App;
-use crate::auth;
 use crate::error::GatewayError;
-
-/// Which listener a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    Public,
-    Admin,
-}
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -51,33 +43,44 @@ pub fn routes() -> Router<App> {
 
 async fn list_breakers(
     State(app): State<App>,
-    on: Extension<Listener>,
+    caller: Extension<AdminCaller>,
     request: Request,
 ) -> Response {
-    handle(app, on, request, async |admin, _| {
+    handle(app, caller, request, async |admin, _| {
         Ok(ok(admin.list_breakers()))
     })
     .await
 }
 
-async fn list_keys(State(app): State<App>, on: Extension<Listener>, request: Request) -> Response {
-    handle(app, on, request, async |admin, _| admin.list_keys().map(ok)).await
+async fn list_keys(
+    State(app): State<App>,
+    caller: Extension<AdminCaller>,
+    request: Request,
+) -> Response {
+    handle(app, caller, request, async |admin, _| {
+        admin.list_keys().map(ok)
+    })
+    .await
 }
 
 async fn show_key(
     State(app): State<App>,
-    on: Extension<Listener>,
+    caller: Extension<AdminCaller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    handle(app, on, request, async |admin, _| {
+    handle(app, caller, request, async |admin, _| {
         admin.show_key(&name).await.map(ok)
     })
     .await
 }
 
-async fn create_key(State(app): State<App>, on: Extension<Listener>, request: Request) -> Response {
-    handle(app, on, request, async |admin, body| {
+async fn create_key(
+    State(app): State<App>,
+    caller: Extension<AdminCaller>,
+    request: Request,
+) -> Response {
+    handle(app, caller, request, async |admin, body| {
         let key = admin.create_key(parse(&body)?).await?;
         Ok((StatusCode::CREATED, key))
     })
@@ -86,11 +89,11 @@ async fn create_key(State(app): State<App>, on: Extension<Listener>, request: Re
 
 async fn update_key(
     State(app): State<App>,
-    on: Extension<Listener>,
+    caller: Extension<AdminCaller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    handle(app, on, request, async |admin, body| {
+    handle(app, caller, request, async |admin, body| {
         let patch: Value = parse(&body)?;
         admin.update_key(&name, &patch).await.map(ok)
     })
@@ -99,18 +102,22 @@ async fn update_key(
 
 async fn revoke_key(
     State(app): State<App>,
-    on: Extension<Listener>,
+    caller: Extension<AdminCaller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    handle(app, on, request, async |admin, _| {
+    handle(app, caller, request, async |admin, _| {
         admin.revoke_key(&name).await.map(ok)
     })
     .await
 }
 
-async fn list_teams(State(app): State<App>, on: Extension<Listener>, request: Request) -> Response {
-    handle(app, on, request, async |admin, _| {
+async fn list_teams(
+    State(app): State<App>,
+    caller: Extension<AdminCaller>,
+    request: Request,
+) -> Response {
+    handle(app, caller, request, async |admin, _| {
         Ok(ok(admin.list_teams()))
     })
     .await
@@ -118,11 +125,11 @@ async fn list_teams(State(app): State<App>, on: Extension<Listener>, request: Re
 
 async fn show_team(
     State(app): State<App>,
-    on: Extension<Listener>,
+    caller: Extension<AdminCaller>,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    handle(app, on, request, async |admin, _| {
+    handle(app, caller, request, async |admin, _| {
         admin.show_team(&name).await.map(ok)
     })
     .await
@@ -138,31 +145,17 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError>
     })
 }
 
-/// Checks the listener and the admin key, reads the body, runs `op`, writes its answer.
+/// Reads the body, runs `op`, writes its answer.
 async fn handle(
     app: App,
-    Extension(listener): Extension<Listener>,
+    Extension(AdminCaller { snapshot }): Extension<AdminCaller>,
     request: Request,
     op: impl AsyncFnOnce(Admin<'_>, Bytes) -> Result<(StatusCode, Value), GatewayError>,
 ) -> Response {
-    let id = request_id(&request);
-    let snapshot = app.store.current();
+    let id = request_id::of(&request);
     let shared = app.store.shared();
     let result = async {
         let (parts, body) = request.into_parts();
-        let admin_config = snapshot
-            .admin
-            .as_ref()
-            .filter(|admin| listener == Listener::Admin || admin.on_public_listener);
-        let Some(admin_config) = admin_config else {
-            return Err(GatewayError::UnknownRoute {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-            });
-        };
-        if !auth::presents(&parts.headers, &admin_config.key_sha256) {
-            return Err(GatewayError::AdminKeyRequired);
-        }
         let body = body::read(body, &parts.headers, &snapshot.server).await?;
         let admin = Admin {
             snapshot: &snapshot,

@@ -1,47 +1,73 @@
-//! Route handlers. The two API handlers are the edge of the pipeline: they read and parse
-//! the body once, create the request context, run the pipeline and turn its reply (or
-//! error) into HTTP. Everything else here is small and read-only.
+//! Route handlers. The two API handlers are the edge of the pipeline: the caller is
+//! already authenticated (`auth.rs`); they read and parse the body once, create the
+//! request context, run the pipeline and turn its reply (or error) into HTTP. Everything
+//! else here is small and read-only.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use tower::ServiceExt;
-use tower_http::request_id::RequestId;
 
+use super::auth::Caller;
 use super::relay::SseRelay;
-use super::{body, parse};
+use super::{App, body, parse, request_id};
 use crate::api::models::{ModelList, ModelObject};
-use crate::app::App;
-use crate::context::{Endpoint, RequestContext, RequestRecord};
+use crate::api::reply::Reply;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::headers::{ATTEMPTS, SHOULD_RETRY, TARGET};
 use crate::limits::{LimitStatus, format_reset};
 use crate::pipeline::{Call, GatewayRequest};
+use crate::record::RequestRecord;
+use crate::report::Endpoint;
 use crate::snapshot::ModelRoute;
-use crate::stream::Reply;
 
-pub async fn chat_completions(State(app): State<App>, request: Request) -> Response {
-    serve(app, request, Endpoint::ChatCompletions, parse::chat).await
+pub async fn chat_completions(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
+    serve(app, caller, request, Endpoint::ChatCompletions, parse::chat).await
 }
 
-pub async fn embeddings(State(app): State<App>, request: Request) -> Response {
-    serve(app, request, Endpoint::Embeddings, parse::embeddings).await
+pub async fn embeddings(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
+    serve(
+        app,
+        caller,
+        request,
+        Endpoint::Embeddings,
+        parse::embeddings,
+    )
+    .await
 }
 
 type Parser = fn(&[u8]) -> Result<Call, GatewayError>;
 
-async fn serve(app: App, request: Request, endpoint: Endpoint, parse: Parser) -> Response {
-    let request_id = request_id(&request);
+async fn serve(
+    app: App,
+    caller: Caller,
+    request: Request,
+    endpoint: Endpoint,
+    parse: Parser,
+) -> Response {
+    let request_id = request_id::of(&request);
     let record = Arc::new(RequestRecord::new(
         request_id.clone(),
         endpoint,
+        &caller.key,
         app.metrics.clone(),
+        app.sinks.clone(),
     ));
-    let result = run(&app, request, &record, parse).await;
+    let result = run(&app, caller, request, &record, parse).await;
     let (target, attempts) = record.attempts();
     let mut response = match result {
         Ok(mut response) => {
@@ -92,11 +118,12 @@ fn rate_limit_headers(headers: &mut http::HeaderMap, status: &LimitStatus) {
 
 async fn run(
     app: &App,
+    caller: Caller,
     request: Request,
     record: &Arc<RequestRecord>,
     parse: Parser,
 ) -> Result<Response, GatewayError> {
-    let snapshot = app.store.current();
+    let Caller { key, snapshot } = caller;
     let (parts, body) = request.into_parts();
     let bytes = body::read(body, &parts.headers, &snapshot.server).await?;
     let call = parse(&bytes)?;
@@ -111,7 +138,7 @@ async fn run(
         record: record.clone(),
         snapshot,
         headers: parts.headers,
-        key: None,
+        key,
         route: None,
     };
     let reply = app
@@ -126,7 +153,7 @@ fn respond(reply: Reply, record: &Arc<RequestRecord>, hide_usage: bool) -> Respo
     match reply {
         Reply::Json(json) => {
             record.respond(200, false);
-            json_response(StatusCode::OK, json.body)
+            json_response(StatusCode::OK, json.into_body())
         }
         Reply::Stream(chunks) => {
             record.respond(200, true);
@@ -152,29 +179,13 @@ pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Respo
     response
 }
 
-/// The id `SetRequestIdLayer` guaranteed: the client's `x-request-id`, or a new one.
-pub(crate) fn request_id(request: &Request) -> Arc<str> {
-    let id = request.extensions().get::<RequestId>();
-    let text = id.map(|id| String::from_utf8_lossy(id.header_value().as_bytes()));
-    Arc::from(text.as_deref().unwrap_or("unknown"))
-}
-
 /// The models the calling key may use and that can be served.
-pub async fn list_models(State(app): State<App>, request: Request) -> Response {
-    let snapshot = app.store.current();
-    let key = match app
-        .store
-        .shared()
-        .keys
-        .authenticate(&snapshot, request.headers())
-    {
-        Ok(key) => key,
-        Err(error) => return error.into_http(&request_id(&request)),
-    };
-    let data = snapshot
+pub async fn list_models(Extension(caller): Extension<Caller>) -> Response {
+    let data = caller
+        .snapshot
         .models
         .values()
-        .filter(|m| m.unusable_reason().is_none() && key.allows(&m.name))
+        .filter(|m| visible(&caller, m))
         .map(|m| ModelObject::new(&m.name, owner(m)))
         .collect();
     let list = ModelList {
@@ -187,17 +198,15 @@ pub async fn list_models(State(app): State<App>, request: Request) -> Response {
     )
 }
 
+/// One model, if the calling key may use it and it can be served; otherwise the same 404
+/// as for a model that does not exist, so a key cannot learn what it may not use.
 pub async fn retrieve_model(
-    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    let snapshot = app.store.current();
-    match snapshot
-        .models
-        .get(model.as_str())
-        .filter(|m| m.unusable_reason().is_none())
-    {
+    let route = caller.snapshot.models.get(model.as_str());
+    match route.filter(|m| visible(&caller, m)) {
         Some(route) => {
             let object = ModelObject::new(&route.name, owner(route));
             json_response(
@@ -205,8 +214,13 @@ pub async fn retrieve_model(
                 serde_json::to_vec(&object).unwrap_or_default(),
             )
         }
-        None => GatewayError::ModelNotFound { model }.into_http(&request_id(&request)),
+        None => GatewayError::ModelNotFound { model }.into_http(&request_id::of(&request)),
     }
+}
+
+/// Whether `caller` sees `model`: it can be served, and the key and its team may use it.
+fn visible(caller: &Caller, model: &ModelRoute) -> bool {
+    model.unusable_reason().is_none() && caller.key.allows(&model.name)
 }
 
 /// `owned_by`: the provider of the model's first target.
@@ -248,7 +262,7 @@ pub async fn unknown_route(request: Request) -> Response {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
     };
-    error.into_http(&request_id(&request))
+    error.into_http(&request_id::of(&request))
 }
 
 pub async fn method_not_allowed(request: Request) -> Response {
@@ -256,5 +270,5 @@ pub async fn method_not_allowed(request: Request) -> Response {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
     };
-    error.into_http(&request_id(&request))
+    error.into_http(&request_id::of(&request))
 }

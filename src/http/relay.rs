@@ -24,10 +24,11 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use crate::context::RequestRecord;
+use crate::api::chunk::Chunk;
+use crate::api::reply::ChunkStream;
 use crate::error::GatewayError;
+use crate::record::RequestRecord;
 use crate::sse;
-use crate::stream::{Chunk, ChunkStream};
 
 /// A frame this large is sent without trying to add more.
 const MAX_BATCH: usize = 64 * 1024;
@@ -56,12 +57,12 @@ impl SseRelay {
     }
 
     fn push(&mut self, chunk: &Chunk) {
-        if !(self.hide_usage && chunk.usage_only) {
+        if !(self.hide_usage && chunk.is_usage_only()) {
             if self.batch.capacity() == 0 {
                 // Room for a typical burst of chunks without growing.
                 self.batch.reserve(8 * 1024);
             }
-            sse::write_data_frame(&mut self.batch, &chunk.json);
+            sse::write_data_frame(&mut self.batch, chunk.json());
         }
     }
 

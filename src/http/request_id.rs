@@ -1,5 +1,7 @@
 //! Request ids: the client's `x-request-id` is kept; otherwise the gateway makes one.
 
+use std::sync::Arc;
+
 use http::{HeaderValue, Request};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
@@ -12,6 +14,14 @@ impl MakeRequestId for MakeId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         HeaderValue::from_bytes(&new_id()).ok().map(RequestId::new)
     }
+}
+
+/// The id `SetRequestIdLayer` guaranteed a request: the client's `x-request-id`, or a new
+/// one.
+pub fn of<B>(request: &Request<B>) -> Arc<str> {
+    let id = request.extensions().get::<RequestId>();
+    let text = id.map(|id| String::from_utf8_lossy(id.header_value().as_bytes()));
+    Arc::from(text.as_deref().unwrap_or("unknown"))
 }
 
 /// A new request id, as ASCII bytes.

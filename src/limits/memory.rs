@@ -7,17 +7,19 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use moka::sync::Cache;
 
+use crate::clock::{self, GovernorClock, Instant};
+
 use super::{Check, LimitStatus, Period, Plan, Rejection, Usage, Used, Window};
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Gcra = RateLimiter<NotKeyed, InMemoryState, GovernorClock, StateInformationMiddleware>;
 
 /// A scope and a period id.
 type TallyId = (Arc<str>, Arc<str>);
@@ -93,7 +95,7 @@ impl MemoryLimits {
 
     /// Usage of a scope today, this month and in total (this process only).
     pub fn usage(&self, scope: &str) -> [Usage; 3] {
-        let now = SystemTime::now();
+        let now = clock::wall();
         let scope: Arc<str> = Arc::from(scope);
         Period::ALL.map(|period| {
             self.tallies
@@ -182,7 +184,7 @@ impl MemoryLimits {
         let limiter = self.gcra.get_with((scope.clone(), per_minute), || {
             let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
             Arc::new(
-                RateLimiter::direct(Quota::per_minute(rate))
+                RateLimiter::direct_with_clock(Quota::per_minute(rate), GovernorClock)
                     .with_middleware::<StateInformationMiddleware>(),
             )
         });
@@ -204,7 +206,7 @@ impl MemoryLimits {
             }
             Err(not_until) => Err(Rejection::RateLimited {
                 limit: format!("{per_minute} requests per minute for {scope}"),
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                retry_after: not_until.wait_time_from(GovernorClock.now()),
             }),
         }
     }
@@ -259,12 +261,12 @@ impl Bucket {
             capacity: per_minute as f64,
             tokens: per_minute as f64,
             per_second: per_minute as f64 / 60.0,
-            updated: Instant::now(),
+            updated: clock::now(),
         }
     }
 
     fn refill(&mut self) {
-        let now = Instant::now();
+        let now = clock::now();
         let elapsed = now.duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
         self.updated = now;
@@ -342,10 +344,10 @@ mod tests {
             per_minute: 1000,
             amount: 600,
         }]);
-        let first = limits.reserve(&plan, SystemTime::now()).unwrap();
+        let first = limits.reserve(&plan, clock::wall()).unwrap();
         assert_eq!(first.status.tokens.unwrap().remaining, 400);
         assert!(
-            limits.reserve(&plan, SystemTime::now()).is_err(),
+            limits.reserve(&plan, clock::wall()).is_err(),
             "600 more do not fit"
         );
         // The first request used only 100 of its 600: 500 come back.
@@ -356,7 +358,7 @@ mod tests {
                 cost_usd: 0.0,
             },
         );
-        assert!(limits.reserve(&plan, SystemTime::now()).is_ok());
+        assert!(limits.reserve(&plan, clock::wall()).is_ok());
     }
 
     #[test]
@@ -374,7 +376,7 @@ mod tests {
         };
         let over = plan(vec![slot.clone(), budget(2.0)]);
         assert!(matches!(
-            limits.reserve(&over, SystemTime::now()),
+            limits.reserve(&over, clock::wall()),
             Err(Rejection::OverBudget { .. })
         ));
         // The slot taken before the budget refused was given back.
@@ -383,11 +385,9 @@ mod tests {
             checks: vec![slot.clone(), budget(0.5)],
             accounts: vec![scope("team:t")],
         };
-        let held_budget = limits.reserve(&fits, SystemTime::now()).unwrap();
+        let held_budget = limits.reserve(&fits, clock::wall()).unwrap();
         assert!(
-            limits
-                .reserve(&plan(vec![slot]), SystemTime::now())
-                .is_err(),
+            limits.reserve(&plan(vec![slot]), clock::wall()).is_err(),
             "one in flight"
         );
         settle(
@@ -400,12 +400,12 @@ mod tests {
         // 0.25 spent: 0.75 left.
         assert!(
             limits
-                .reserve(&plan(vec![budget(0.8)]), SystemTime::now())
+                .reserve(&plan(vec![budget(0.8)]), clock::wall())
                 .is_err()
         );
         assert!(
             limits
-                .reserve(&plan(vec![budget(0.7)]), SystemTime::now())
+                .reserve(&plan(vec![budget(0.7)]), clock::wall())
                 .is_ok()
         );
     }
@@ -418,11 +418,10 @@ mod tests {
             per_minute: 3,
         }]);
         for remaining in [2, 1, 0] {
-            let admitted = limits.reserve(&plan, SystemTime::now()).unwrap();
+            let admitted = limits.reserve(&plan, clock::wall()).unwrap();
             assert_eq!(admitted.status.requests.unwrap().remaining, remaining);
         }
-        let Err(Rejection::RateLimited { retry_after, .. }) =
-            limits.reserve(&plan, SystemTime::now())
+        let Err(Rejection::RateLimited { retry_after, .. }) = limits.reserve(&plan, clock::wall())
         else {
             panic!("the fourth request in a burst of three is refused")
         };

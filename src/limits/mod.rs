@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock;
 use crate::config::schema::{LimitsBackend, LimitsSettings, OnFailure};
 use crate::metrics::Metrics;
 pub use memory::MemoryLimits;
@@ -216,7 +217,7 @@ struct SharedStore {
     on_failure: OnFailure,
     metrics: Arc<Metrics>,
     degraded: AtomicBool,
-    /// While degraded, Redis is tried again from this time on (ms since the epoch): one
+    /// While degraded, Redis is tried again from this time on (ms on [`clock::millis`]): one
     /// probe a second instead of a timeout on every request.
     probe_at_ms: AtomicU64,
 }
@@ -286,7 +287,7 @@ impl Limiter {
                 return Err(Rejection::Unavailable);
             }
         }
-        let held = self.memory.reserve(plan, SystemTime::now())?;
+        let held = self.memory.reserve(plan, clock::wall())?;
         Ok(held)
     }
 
@@ -352,13 +353,13 @@ impl SharedStore {
 
     fn worth_trying(&self) -> bool {
         !self.degraded.load(Ordering::Relaxed)
-            || now_ms() >= self.probe_at_ms.load(Ordering::Relaxed)
+            || clock::millis() >= self.probe_at_ms.load(Ordering::Relaxed)
     }
 
     fn failed(&self, error: &str) {
         self.metrics.count_limits_error();
         self.probe_at_ms.store(
-            now_ms() + PROBE_INTERVAL.as_millis() as u64,
+            clock::millis() + PROBE_INTERVAL.as_millis() as u64,
             Ordering::Relaxed,
         );
         if !self.degraded.swap(true, Ordering::Relaxed) {
@@ -379,12 +380,6 @@ impl SharedStore {
             );
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ impl RedisLimits {
     /// What `plan` holds once reserved: a new request id, the state of each check, and
     /// the tallies its usage is booked on.
     pub fn hold(&self, plan: &Plan) -> Held {
-        let now = SystemTime::now();
+        let now = crate::clock::wall();
         let items = plan
             .checks
             .iter()
@@ -160,7 +160,7 @@ impl RedisLimits {
 
     /// Usage of a scope in the current day, month and in total, in one round trip.
     pub async fn usage(&self, scope: &str) -> Result<[Usage; 3], RedisError> {
-        let now = SystemTime::now();
+        let now = crate::clock::wall();
         let mut pipe = redis::pipe();
         for period in Period::ALL {
             pipe.cmd("HMGET")

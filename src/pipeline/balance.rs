@@ -1,23 +1,31 @@
 //! Choosing one target of a model for one attempt, by the model's strategy, among the
 //! targets that are usable, that the caller admits (the resilience layer: not failed yet
 //! this request, or allowed a retry) and whose circuit breaker lets the request through.
+//!
+//! The choice sees the whole request (its context: key, team, headers; and the call, with
+//! its `user` field), so a strategy that keeps a caller on one target can be added here
+//! without reshaping the pipeline.
 
 use std::sync::Arc;
 
-use crate::config::schema::{BreakerSettings, Strategy};
+use super::Call;
+use crate::config::schema::Strategy;
+use crate::context::RequestContext;
 use crate::health::breaker::Pass;
-use crate::metrics::Metrics;
 use crate::snapshot::{ModelRoute, Target};
 
-/// A target for one attempt and the breaker's pass for it, or `None` when no candidate is
-/// left. `admit` has the last word on the chosen candidate before its breaker is asked (a
-/// retry's budget, for example); a refused candidate is dropped and another chosen.
+/// A target of `route` for one attempt of the request (`ctx`, `call`) and the breaker's
+/// pass for it, or `None` when no candidate is left. `admit` has the last word on the
+/// chosen candidate before its breaker is asked (a retry's budget, for example); a refused
+/// candidate is dropped and another chosen.
 pub fn pick(
+    ctx: &RequestContext,
+    call: &Call,
     route: &ModelRoute,
-    breaker: &BreakerSettings,
-    metrics: &Metrics,
     mut admit: impl FnMut(&Target) -> bool,
 ) -> Option<(Arc<Target>, Pass)> {
+    let breaker = &ctx.snapshot.resilience.breaker;
+    let metrics = ctx.record.metrics();
     let mut candidates: Vec<&Arc<Target>> = route
         .usable_targets()
         .filter(|t| t.health.breaker.is_available())
@@ -31,6 +39,14 @@ pub fn pick(
         // A breaker can refuse between the check above and now (another request took
         // the last probe).
         if let Some(pass) = target.health.breaker.pass(breaker, metrics) {
+            tracing::debug!(
+                request_id = &*ctx.record.request_id,
+                key = &*ctx.key.name,
+                user = call.user(),
+                strategy = ?route.strategy,
+                target_name = &*target.health.name,
+                "target chosen"
+            );
             return Some((target.clone(), pass));
         }
     }

@@ -16,19 +16,36 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::{Stream, StreamExt};
-use tokio::time::Instant;
+use std::time::Duration;
+
+use crate::clock::{self, Instant};
 
 use super::Call;
-use super::resilience::Deadline;
+use super::watchers::{IdleTimeout, Metered};
+use crate::api::chunk::Chunk;
+use crate::api::reply::{ChunkStream, JsonReply, Reply};
 use crate::config::schema::ProviderTimeouts;
-use crate::context::{Mark, RequestContext, RequestRecord};
-use crate::error::GatewayError;
+use crate::context::RequestContext;
+use crate::error::{GatewayError, UpstreamKind};
 use crate::health::InFlight;
 use crate::health::breaker::Pass;
 use crate::providers::{ChatCall, EmbeddingsCall};
+use crate::record::{Mark, RequestRecord};
 use crate::snapshot::{Snapshot, Target};
-use crate::stream::{Chunk, ChunkStream, IdleTimeout, JsonReply, Metered, Reply};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
+
+/// When a request must be over.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// Every attempt, retry and fallback: `resilience.deadline`, or the model's
+    /// `timeouts.total` when tighter.
+    pub attempts: Instant,
+    /// How long `attempts` allowed from the start.
+    pub total: Duration,
+    /// A stream that has started: only the model's `timeouts.total`, when set (a long
+    /// generation is otherwise bounded by the idle timeout alone).
+    pub stream: Option<Instant>,
+}
 
 /// An answer that has started: a complete body, or a stream's chunks up to its first
 /// content and the rest of it.
@@ -50,7 +67,7 @@ pub async fn attempt(
     let price = ctx.snapshot.prices.price(&target.upstream_model);
     record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
-    let started = Instant::now();
+    let started = clock::now();
     let outcome = Outcome {
         in_flight: target.health.start(),
         started,
@@ -92,7 +109,8 @@ pub async fn attempt(
     Ok(match answer {
         Started::Json(json) => {
             outcome.finish(None);
-            record.set_usage(json.usage.unwrap_or_else(|| estimate(call, &json)));
+            let usage = json.facts().usage.unwrap_or_else(|| estimate(call, &json));
+            record.set_answer(json.facts(), usage);
             record.mark(Mark::End);
             Reply::Json(json)
         }
@@ -134,12 +152,17 @@ impl Outcome {
         let metrics = self.record.metrics();
         // The request's own deadline says nothing about the target either way.
         if !matches!(error, Some(GatewayError::DeadlineExceeded { .. })) {
-            let failed = error.is_some_and(GatewayError::is_retryable);
+            let failed = error.is_some_and(GatewayError::fails_over);
             let settings = &self.snapshot.resilience.breaker;
             health.breaker.record(self.pass, failed, settings, metrics);
             if failed {
                 health.observe_failure(self.started.elapsed());
             }
+        }
+        match error.map(GatewayError::upstream_kind) {
+            None => health.observe_credentials(false),
+            Some(Some(UpstreamKind::Auth)) => health.observe_credentials(true),
+            Some(_) => {}
         }
         metrics.count_attempt(&health.name, error.map_or("success", GatewayError::label));
     }
@@ -225,7 +248,7 @@ fn estimate(call: &Call, reply: &JsonReply) -> Usage {
     };
     Usage::new(
         prompt,
-        estimate_tokens(reply.content_len),
+        estimate_tokens(reply.facts().content_len),
         UsageSource::Estimated,
     )
 }

@@ -17,11 +17,11 @@ use futures_util::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
 use super::{Call, GatewayRequest};
+use crate::api::reply::Reply;
 use crate::config::schema::{BudgetConfig, LimitConfig};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::limits::{Check, Limiter, Period, Plan, Rejection, key_scope, team_scope, tokens};
-use crate::stream::Reply;
 
 #[derive(Clone)]
 pub struct LimitsLayer {
@@ -96,7 +96,7 @@ fn rejected(rejection: Rejection) -> GatewayError {
 
 /// Every limit and budget that applies to this request, with what it would reserve.
 fn plan(ctx: &RequestContext, call: &Call) -> Plan {
-    let (Some(key), Some(route)) = (&ctx.key, &ctx.route) else {
+    let (key, Some(route)) = (&ctx.key, &ctx.route) else {
         return Plan::default();
     };
     let model = &*route.name;

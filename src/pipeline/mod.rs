@@ -6,12 +6,13 @@
 //! Invariant: layers never import each other; they meet through `RequestContext`,
 //! `GatewayError` and the reply types.
 
-pub mod auth;
+pub mod access;
 pub mod balance;
 pub mod dispatch;
 pub mod limits;
 pub mod resilience;
 pub mod route;
+pub mod watchers;
 
 use std::sync::Arc;
 
@@ -19,9 +20,9 @@ use tower::util::BoxCloneSyncService;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
+use crate::api::reply::Reply;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::stream::Reply;
 
 pub struct GatewayRequest {
     pub ctx: RequestContext,
@@ -40,6 +41,14 @@ impl Call {
         match self {
             Self::Chat(request) => &request.model,
             Self::Embeddings(request) => &request.model,
+        }
+    }
+
+    /// The end user the client named in the request's `user` field.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Self::Chat(request) => request.user.as_deref(),
+            Self::Embeddings(request) => request.user.as_deref(),
         }
     }
 }

@@ -6,8 +6,11 @@
 //! fallbacks, when the prompt did not fit the context window), each for up to
 //! `max_attempts` attempts, all inside one deadline:
 //! - only retryable failures are retried (connection errors, timeouts before the answer
-//!   started, 408, 429 except quota errors, 500/502/503/504/529, malformed answers); any
-//!   other error is the answer, after exactly one attempt;
+//!   started, malformed answers, and upstream errors the adapter classified as rate
+//!   limited, overloaded or a server failure: 408, 429 except quota errors, 5xx); a
+//!   target the gateway misconfigured (the provider rejected its credentials, or does not
+//!   know its model) is not tried again, but another target or a fallback is; any other
+//!   error is the answer, after exactly one attempt;
 //! - a retry goes to a target that has not failed this request when there is one, at once;
 //!   otherwise to one that has, after its own Retry-After (when it fits the deadline) or an
 //!   exponential backoff with full jitter; either way only if the retry budget of the
@@ -23,32 +26,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::clock::{self, Instant};
 use futures_util::future::BoxFuture;
-use tokio::time::Instant;
 use tower::Service;
 
-use super::{Call, GatewayRequest, balance, dispatch};
+use super::dispatch::{self, Deadline};
+use super::{Call, GatewayRequest, balance};
+use crate::api::reply::Reply;
 use crate::config::schema::ResilienceSettings;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::snapshot::{ModelRoute, Target};
-use crate::stream::Reply;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resilience;
-
-/// When a request must be over.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    /// Every attempt, retry and fallback: `resilience.deadline`, or the model's
-    /// `timeouts.total` when tighter.
-    pub attempts: Instant,
-    /// How long `attempts` allowed from the start.
-    pub total: Duration,
-    /// A stream that has started: only the model's `timeouts.total`, when set (a long
-    /// generation is otherwise bounded by the idle timeout alone).
-    pub stream: Option<Instant>,
-}
 
 impl Service<GatewayRequest> for Resilience {
     type Response = Reply;
@@ -71,7 +62,7 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
         .clone()
         .ok_or_else(|| GatewayError::Internal("resilience reached without a route".into()))?;
     let settings = &ctx.snapshot.resilience;
-    let now = Instant::now();
+    let now = clock::now();
     let total = route
         .timeouts
         .total
@@ -98,7 +89,7 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
                 }
                 _ => return Err(error),
             }
-        } else if !error.is_retryable()
+        } else if !error.fails_over()
             && !matches!(
                 error,
                 GatewayError::CircuitOpen { .. } | GatewayError::NoUsableTarget { .. }
@@ -109,7 +100,7 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
         let next = chain
             .pop_front()
             .and_then(|name| ctx.snapshot.models.get(&name).cloned());
-        let Some(next) = next.filter(|_| Instant::now() < deadline.attempts) else {
+        let Some(next) = next.filter(|_| clock::now() < deadline.attempts) else {
             return Err(error);
         };
         tracing::info!(
@@ -132,16 +123,7 @@ async fn run_model(
     has_fallback: bool,
 ) -> Result<Reply, GatewayError> {
     let settings = &ctx.snapshot.resilience;
-    let metrics = ctx.record.metrics();
-    // The targets that failed this request, with the Retry-After each asked for.
-    let mut failed: Vec<(Arc<Target>, Option<Duration>)> = Vec::new();
-    // The Retry-After of `target`'s failure this request, if it failed.
-    let failure = |failed: &[(Arc<Target>, Option<Duration>)], target: &Target| {
-        failed
-            .iter()
-            .find(|(f, _)| std::ptr::eq(&**f, target))
-            .map(|(_, retry_after)| *retry_after)
-    };
+    let mut failures = Failures::default();
     let retry_allowed = |target: &Target| {
         let allowed = target.health.withdraw_retry();
         if !allowed {
@@ -155,15 +137,16 @@ async fn run_model(
     };
     let mut last_error = None;
     for retry in 0..settings.max_attempts {
-        // A target that has not failed this request, at once; else one that has, after
-        // its pause. Every retry is paid from the budget of the target it goes to.
+        // A target that has not failed this request, at once; else one that has and may
+        // be tried again, after its pause. Every retry is paid from the budget of the
+        // target it goes to.
         let mut pause = Duration::ZERO;
-        let chosen = balance::pick(model, &settings.breaker, metrics, |t| {
-            failure(&failed, t).is_none() && (retry == 0 || retry_allowed(t))
+        let chosen = balance::pick(ctx, call, model, |t| {
+            failures.of(t).is_none() && (retry == 0 || retry_allowed(t))
         })
         .or_else(|| {
-            balance::pick(model, &settings.breaker, metrics, |t| {
-                let Some(retry_after) = failure(&failed, t) else {
+            balance::pick(ctx, call, model, |t| {
+                let Some(Retry::After(retry_after)) = failures.of(t) else {
                     return false;
                 };
                 let wait = wait(
@@ -191,15 +174,47 @@ async fn run_model(
         match dispatch::attempt(ctx, call, &target, pass, timeouts, deadline).await {
             Ok(reply) => return Ok(reply),
             Err(error) => {
-                if !error.is_retryable() || Instant::now() >= deadline.attempts {
+                if !error.fails_over() || clock::now() >= deadline.attempts {
                     return Err(error);
                 }
-                failed.push((target, error.retry_after()));
+                failures.add(target, &error);
                 last_error = Some(error);
             }
         }
     }
     Err(last_error.unwrap_or_else(|| unavailable(model)))
+}
+
+/// The targets that failed this request, and whether each may be tried again.
+#[derive(Default)]
+struct Failures(Vec<(Arc<Target>, Retry)>);
+
+#[derive(Clone, Copy)]
+enum Retry {
+    /// After its Retry-After, if it gave one (else a backoff).
+    After(Option<Duration>),
+    /// Not this request: the target itself is misconfigured (its credentials, its model),
+    /// so only another target can help.
+    Never,
+}
+
+impl Failures {
+    fn add(&mut self, target: Arc<Target>, error: &GatewayError) {
+        let retry = if error.is_retryable() {
+            Retry::After(error.retry_after())
+        } else {
+            Retry::Never
+        };
+        self.0.push((target, retry));
+    }
+
+    /// How `target` failed this request, if it did.
+    fn of(&self, target: &Target) -> Option<Retry> {
+        self.0
+            .iter()
+            .find(|(failed, _)| std::ptr::eq(&**failed, target))
+            .map(|(_, retry)| *retry)
+    }
 }
 
 /// How long to wait before retrying a target that failed, or `None` when it should not
@@ -217,7 +232,7 @@ fn wait(
         Some(after) => after,
         None => backoff(settings, retry),
     };
-    (Instant::now() + pause < deadline).then_some(pause)
+    (clock::now() + pause < deadline).then_some(pause)
 }
 
 /// Exponential backoff with full jitter: a random pause up to `base * 2^(retry - 1)`,

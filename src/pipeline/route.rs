@@ -11,8 +11,8 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::GatewayRequest;
+use crate::api::reply::Reply;
 use crate::error::GatewayError;
-use crate::stream::Reply;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteLayer;

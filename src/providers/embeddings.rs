@@ -4,10 +4,11 @@
 
 use base64::Engine;
 
+use crate::api::chunk::to_json;
 use crate::api::embeddings::{
     Embedding, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat,
 };
-use crate::stream::{JsonReply, to_json};
+use crate::api::reply::{AnswerFacts, JsonReply};
 use crate::usage::{Usage, UsageSource, estimate_tokens};
 
 /// `vectors[i]` embeds `texts[i]` of `request`; `source` says whether the usage is what the
@@ -37,11 +38,12 @@ pub fn reply(
         model,
         usage,
     };
-    JsonReply {
-        body: to_json(&response),
+    let facts = AnswerFacts {
         usage: Some(usage),
-        content_len: 0,
-    }
+        model: Some(model.to_owned()),
+        ..AnswerFacts::default()
+    };
+    JsonReply::new(to_json(&response), facts)
 }
 
 /// Floats, or OpenAI's base64: the little-endian bytes of the f32s.

@@ -1,29 +1,34 @@
 //! The built-in `mock` provider: deterministic answers with no network, for the
 //! quickstart, demos and tests.
 //!
-//! Chat echoes the last user message (cut at `max_tokens`, then `finish_reason: length`);
-//! streams send it a word per chunk. Embeddings are unit vectors seeded by the input text,
-//! so the same text always embeds the same way. Usage counts are estimates of the same
-//! kind OpenAI's would be. Config knobs add latency and failures (see `MockConfig`).
+//! Chat echoes the last user message, cut at `max_tokens` (or at [`MAX_ANSWER_TOKENS`] when
+//! the request sets none), then `finish_reason: length`; streams send it a word per chunk,
+//! each made only when the client's side asks for it, so a client that stops reading holds
+//! the mock back exactly as it would hold back a real upstream. Embeddings are unit
+//! vectors seeded by the input text, so the same text always embeds the same way. Usage
+//! counts are estimates of the same kind OpenAI's would be (four bytes a token). Config
+//! knobs add latency and failures (see `MockConfig`).
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt, stream};
+use futures_util::{FutureExt, stream};
 use http::StatusCode;
 
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
-use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, Delta};
+use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, Delta, FinishReason};
+use crate::api::chunk::{Chunk, ChunkWriter};
+use crate::api::reply::{ChunkStream, JsonReply, Reply};
 use crate::config::schema::{MockConfig, MockFault};
 use crate::error::GatewayError;
-use crate::stream::{Chunk, ChunkWriter, JsonReply, Reply, to_json};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
 /// Dimensions of a mock embedding when the request does not choose.
 const DEFAULT_DIMENSIONS: u32 = 1536;
 const MAX_DIMENSIONS: u32 = 8192;
 const EMPTY_ANSWER: &str = "Hello from the Switchyard mock.";
+/// The longest answer, in (estimated) tokens, for a request that sets no `max_tokens`.
+pub const MAX_ANSWER_TOKENS: u64 = 4096;
 
 pub struct Mock {
     name: Arc<str>,
@@ -78,35 +83,34 @@ impl Mock {
             return Ok(Reply::Stream(self.stream(answer, cut_after)));
         }
         tokio::time::sleep(self.config.latency).await;
-        let (usage, content_len) = (answer.usage, answer.text.len());
-        Ok(Reply::Json(JsonReply {
-            body: answer.completion_json(),
-            usage: Some(usage),
-            content_len,
-        }))
+        Ok(Reply::Json(JsonReply::completion(&answer.completion())))
     }
 
-    /// Role chunk, a chunk per word, the finish chunk and the usage chunk, paced by the
-    /// configured delays; cut without a terminal event when a cut fault applies.
-    fn stream(&self, answer: Answer, cut_after: Option<u32>) -> crate::stream::ChunkStream {
-        let chunks = answer.chunks();
-        let total = chunks.len();
-        let keep = cut_after.map_or(total, |n| (n as usize).min(total));
+    /// Role chunk, a chunk per word, the finish chunk and the usage chunk, each made when
+    /// the reader asks for it and paced by the configured delays; cut without a terminal
+    /// event after `cut_after` chunks when a cut fault applies.
+    fn stream(&self, answer: Answer, cut_after: Option<u32>) -> ChunkStream {
         let (first, interval) = (self.config.time_to_first_token, self.config.chunk_interval);
-        let provider = self.name.to_string();
-        let paced = stream::iter(chunks.into_iter().take(keep).enumerate()).then(
-            move |(index, chunk)| async move {
-                tokio::time::sleep(if index == 0 { first } else { interval }).await;
-                Ok(chunk)
-            },
-        );
-        let cut = cut_after.is_some().then(|| {
-            Err(GatewayError::UpstreamProtocol {
-                provider,
-                detail: "the stream ended before its terminal event (mock cut fault)".into(),
-            })
-        });
-        Box::pin(paced.chain(stream::iter(cut)))
+        let provider = self.name.clone();
+        let chunks = AnswerChunks::new(answer);
+        let sent = 0_u32;
+        Box::pin(stream::unfold(Some((chunks, sent)), move |state| {
+            let provider = provider.clone();
+            async move {
+                let (mut chunks, sent) = state?;
+                if cut_after.is_some_and(|limit| sent >= limit) {
+                    let cut = GatewayError::UpstreamProtocol {
+                        provider: provider.to_string(),
+                        detail: "the stream ended before its terminal event (mock cut fault)"
+                            .into(),
+                    };
+                    return Some((Err(cut), None));
+                }
+                let chunk = chunks.next()?;
+                tokio::time::sleep(if sent == 0 { first } else { interval }).await;
+                Some((Ok(chunk), Some((chunks, sent + 1))))
+            }
+        }))
     }
 
     async fn embeddings_call(&self, call: EmbeddingsCall<'_>) -> Result<JsonReply, GatewayError> {
@@ -151,7 +155,7 @@ struct Answer {
     id: String,
     model: String,
     text: String,
-    finish_reason: &'static str,
+    finish_reason: FinishReason,
     usage: Usage,
 }
 
@@ -159,18 +163,20 @@ impl Answer {
     fn new(call: &ChatCall<'_>) -> Self {
         let echo = call.request.last_user_text().filter(|t| !t.is_empty());
         let mut text = echo.unwrap_or_else(|| EMPTY_ANSWER.to_owned());
-        let mut finish_reason = "stop";
-        if let Some(max) = call.request.max_output_tokens() {
-            // Tokens are estimated at four bytes each, so cut at 4 * max bytes.
-            let limit = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
-            if text.len() > limit {
-                let cut = (0..=limit)
-                    .rev()
-                    .find(|i| text.is_char_boundary(*i))
-                    .unwrap_or(0);
-                text.truncate(cut);
-                finish_reason = "length";
-            }
+        let mut finish_reason = FinishReason::Stop;
+        let max = call
+            .request
+            .max_output_tokens()
+            .unwrap_or(MAX_ANSWER_TOKENS);
+        // Tokens are estimated at four bytes each, so cut at 4 * max bytes.
+        let limit = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
+        if text.len() > limit {
+            let cut = (0..=limit)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            text.truncate(cut);
+            finish_reason = FinishReason::Length;
         }
         let usage = Usage::new(
             estimate_prompt_tokens(call.request),
@@ -186,11 +192,11 @@ impl Answer {
         }
     }
 
-    fn completion_json(self) -> Bytes {
-        to_json(&ChatCompletion {
+    fn completion(self) -> ChatCompletion {
+        ChatCompletion {
             id: self.id,
             object: "chat.completion",
-            created: crate::api::unix_time(),
+            created: crate::clock::unix_seconds(),
             model: self.model,
             choices: vec![Choice {
                 index: 0,
@@ -203,28 +209,60 @@ impl Answer {
                 logprobs: None,
             }],
             usage: self.usage,
-        })
+        }
+    }
+}
+
+/// An answer's chunks, written one at a time: the role chunk, a chunk per word, the
+/// finish chunk and the usage chunk.
+struct AnswerChunks {
+    writer: ChunkWriter,
+    answer: Answer,
+    /// Bytes of the text already sent; `None` before the role chunk.
+    sent: Option<usize>,
+    finished: bool,
+    done: bool,
+}
+
+impl AnswerChunks {
+    fn new(answer: Answer) -> Self {
+        Self {
+            writer: ChunkWriter::new(answer.id.clone(), answer.model.clone()),
+            answer,
+            sent: None,
+            finished: false,
+            done: false,
+        }
     }
 
-    /// Role chunk, a chunk per word, the finish chunk and the usage chunk.
-    fn chunks(self) -> Vec<Chunk> {
-        let writer = ChunkWriter::new(self.id, self.model);
-        let role = Delta {
-            role: Some("assistant"),
-            content: Some(""),
-            ..Delta::default()
-        };
-        let mut chunks = vec![writer.delta(0, role, None)];
-        for word in self.text.split_inclusive(' ') {
-            let delta = Delta {
-                content: Some(word),
+    fn next(&mut self) -> Option<Chunk> {
+        let text = &self.answer.text;
+        let Some(sent) = self.sent else {
+            self.sent = Some(0);
+            let role = Delta {
+                role: Some("assistant"),
+                content: Some(""),
                 ..Delta::default()
             };
-            chunks.push(writer.delta(0, delta, None));
+            return Some(self.writer.delta(0, role, None));
+        };
+        if sent < text.len() {
+            let word_end = text[sent..].find(' ').map_or(text.len(), |i| sent + i + 1);
+            self.sent = Some(word_end);
+            let delta = Delta {
+                content: Some(&text[sent..word_end]),
+                ..Delta::default()
+            };
+            return Some(self.writer.delta(0, delta, None));
         }
-        chunks.push(writer.delta(0, Delta::default(), Some(self.finish_reason)));
-        chunks.push(writer.usage(self.usage));
-        chunks
+        if !std::mem::replace(&mut self.finished, true) {
+            let reason = Some(self.answer.finish_reason);
+            return Some(self.writer.delta(0, Delta::default(), reason));
+        }
+        if !std::mem::replace(&mut self.done, true) {
+            return Some(self.writer.usage(self.answer.usage));
+        }
+        None
     }
 }
 

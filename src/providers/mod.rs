@@ -11,6 +11,7 @@ pub mod gemini;
 pub mod http_client;
 mod mock;
 pub mod openai;
+mod stream;
 mod translate;
 mod transport;
 mod upstream_error;
@@ -21,9 +22,9 @@ use futures_util::future::BoxFuture;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
+use crate::api::reply::{JsonReply, Reply};
 use crate::config::schema::{ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
-use crate::stream::{JsonReply, Reply};
 use http_client::HttpClients;
 
 /// An error status from the built-in mock, read as OpenAI's error body.

@@ -7,27 +7,26 @@
 //! credentials are the provider's from config, never the client's.
 
 use std::borrow::Cow;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
-use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::http_client::HttpClient;
-use super::transport::{self, Transport, error_chain};
+use super::stream::{self, Translator, UpstreamStream};
+use super::transport::{self, Transport};
 use super::upstream_error::openai_error;
 use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::{ChatRequest, StreamOptions};
+use crate::api::chunk::Chunk;
 use crate::api::embeddings::EmbeddingsRequest;
+use crate::api::reply::{JsonReply, Reply};
 use crate::config::schema::{ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
-use crate::sse;
-use crate::stream::{Chunk, JsonReply, Reply, probe_completion};
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
@@ -111,19 +110,15 @@ impl OpenAi {
         let uri = self.endpoints.chat(call.model)?;
         let response = self.transport.post(uri, body, call.request_id).await?;
         if call.request.is_stream() {
-            let name = self.transport.name.clone();
-            return Ok(Reply::Stream(Box::pin(OpenAiStream::new(
-                name,
-                response.into_body(),
-            ))));
+            let translator = OpenAiTranslator {
+                provider: self.transport.name.clone(),
+                done: false,
+            };
+            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            return Ok(Reply::Stream(chunks));
         }
         let body = self.transport.read_body(response).await?;
-        let (usage, content_len) = probe_completion(&body, &self.transport.name)?;
-        Ok(Reply::Json(JsonReply {
-            body,
-            usage,
-            content_len,
-        }))
+        JsonReply::from_openai(body, &self.transport.name).map(Reply::Json)
     }
 
     async fn embeddings_call(&self, call: EmbeddingsCall<'_>) -> Result<JsonReply, GatewayError> {
@@ -136,12 +131,7 @@ impl OpenAi {
         let uri = self.endpoints.embeddings(call.model)?;
         let response = self.transport.post(uri, body, call.request_id).await?;
         let body = self.transport.read_body(response).await?;
-        let (usage, _) = probe_completion(&body, &self.transport.name)?;
-        Ok(JsonReply {
-            body,
-            usage,
-            content_len: 0,
-        })
+        JsonReply::from_openai(body, &self.transport.name)
     }
 }
 
@@ -241,63 +231,31 @@ struct OutboundEmbeddings<'a> {
     request: &'a EmbeddingsRequest,
 }
 
-/// Decodes an OpenAI SSE stream into chunks. It ends cleanly only on `data: [DONE]`; a
-/// stream that stops before it ends with an error, so a cut answer is never mistaken for a
-/// complete one.
-struct OpenAiStream {
+/// OpenAI's stream: every event is a chunk already; `data: [DONE]` ends it.
+struct OpenAiTranslator {
     provider: Arc<str>,
-    events: sse::Decoder<Incoming>,
-    finished: bool,
+    done: bool,
 }
 
-impl OpenAiStream {
-    fn new(provider: Arc<str>, body: Incoming) -> Self {
-        Self {
-            provider,
-            events: sse::Decoder::new(body),
-            finished: false,
+impl Translator for OpenAiTranslator {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
         }
+        out.push_back(Chunk::from_openai(Bytes::from(data), &self.provider)?);
+        Ok(())
     }
 
-    fn protocol(&mut self, detail: String) -> Option<Result<Chunk, GatewayError>> {
-        self.finished = true;
-        Some(Err(GatewayError::UpstreamProtocol {
-            provider: self.provider.to_string(),
-            detail,
-        }))
+    fn complete(&self) -> bool {
+        self.done
     }
-}
 
-impl Stream for OpenAiStream {
-    type Item = Result<Chunk, GatewayError>;
+    fn terminal_event(&self) -> &'static str {
+        "data: [DONE]"
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.finished {
-                return Poll::Ready(None);
-            }
-            let item = match ready!(self.events.poll_next_unpin(cx)) {
-                Some(Ok(sse::Event {
-                    data: Some(data), ..
-                })) if data == "[DONE]" => {
-                    self.finished = true;
-                    None
-                }
-                Some(Ok(sse::Event { data: None, .. })) => continue,
-                Some(Ok(sse::Event {
-                    data: Some(data), ..
-                })) if data.is_empty() => continue,
-                Some(Ok(sse::Event {
-                    data: Some(data), ..
-                })) => {
-                    let chunk = Chunk::from_openai(Bytes::from(data), &self.provider);
-                    self.finished = chunk.is_err();
-                    Some(chunk)
-                }
-                Some(Err(e)) => self.protocol(format!("the stream broke: {}", error_chain(&e))),
-                None => self.protocol("the stream ended before data: [DONE]".to_owned()),
-            };
-            return Poll::Ready(item);
-        }
+    fn protocol(&self, detail: String) -> GatewayError {
+        stream::protocol(&self.provider, detail)
     }
 }

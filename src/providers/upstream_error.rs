@@ -1,20 +1,27 @@
-//! Turning an upstream's error answer (status, headers, body) into our error type.
+//! Turning an upstream's error answer (status, headers, body) into our error type. Each
+//! adapter reads its provider's error bodies with its own parser and says what the error
+//! means ([`UpstreamKind`]); the pipeline decides from the kind alone.
 
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::error::{GatewayError, UpstreamStatus};
-use crate::stream::UpstreamErrorObject;
+use crate::api::error_object::UpstreamErrorObject;
+use crate::error::{GatewayError, UpstreamKind, UpstreamStatus};
 
 /// What a provider's error body says, read by the adapter's own parser.
 #[derive(Debug, Default)]
 pub struct ErrorParts {
     pub message: Option<String>,
-    pub kind: Option<String>,
+    /// The OpenAI error `type` the client sees.
+    pub error_type: Option<String>,
     pub code: Option<String>,
     pub param: Option<String>,
+    /// What the error means, when the body says more than the status.
+    pub kind: Option<UpstreamKind>,
+    /// A retry delay the body gives (the headers' win when both do).
+    pub retry_after: Option<Duration>,
 }
 
 /// An adapter's reader of its provider's error bodies.
@@ -25,19 +32,35 @@ struct Envelope {
     error: UpstreamErrorObject,
 }
 
-/// OpenAI's error body: `{"error": {"message", "type", "code", "param"}}`.
+/// OpenAI's error body: `{"error": {"message", "type", "code", "param"}}`, as OpenAI and
+/// the servers that copy its API (vLLM, Ollama, Azure...) write it.
 pub fn openai_error(body: &[u8]) -> Option<ErrorParts> {
     let error = serde_json::from_slice::<Envelope>(body).ok()?.error;
+    let kind = openai_kind(error.code.as_deref(), error.message.as_deref());
     Some(ErrorParts {
         message: error.message,
-        kind: error.kind,
+        error_type: error.kind,
         code: error.code,
         param: error.param,
+        kind,
+        retry_after: None,
     })
 }
 
+/// OpenAI's codes, and the wording of servers that send none.
+fn openai_kind(code: Option<&str>, message: Option<&str>) -> Option<UpstreamKind> {
+    match code {
+        Some("context_length_exceeded") => Some(UpstreamKind::ContextWindowExceeded),
+        Some("insufficient_quota") => Some(UpstreamKind::QuotaExceeded),
+        Some("content_filter" | "content_policy_violation") => Some(UpstreamKind::ContentFiltered),
+        _ => message
+            .is_some_and(|m| m.to_ascii_lowercase().contains("maximum context length"))
+            .then_some(UpstreamKind::ContextWindowExceeded),
+    }
+}
+
 /// The OpenAI error `type` for an HTTP status, when the provider gives none we can use.
-pub fn kind_for_status(status: StatusCode) -> &'static str {
+pub fn error_type_for_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "invalid_request_error",
         401 => "authentication_error",
@@ -48,10 +71,9 @@ pub fn kind_for_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// An error status from `provider`: its own message, type, code and param when `parse`
-/// understands the body, a plain description otherwise. A 401 means the provider rejected
-/// the gateway's own credentials, and its message may quote part of that key, so the
-/// message is replaced.
+/// An error status from `provider`: what `parse` reads in the body (its message, type,
+/// code, param and kind), the status's plain meaning otherwise. A rejection of the
+/// gateway's credentials keeps none of the body: its message may quote part of the key.
 pub fn from_status(
     provider: &str,
     status: StatusCode,
@@ -59,38 +81,37 @@ pub fn from_status(
     body: &[u8],
     parse: ErrorParser,
 ) -> GatewayError {
-    let parsed = parse(body);
-    let (message, kind, code, param) = match parsed {
-        Some(error) if status != StatusCode::UNAUTHORIZED => {
-            let message = error
-                .message
-                .unwrap_or_else(|| format!("the upstream provider returned HTTP {status}"));
-            (message, error.kind, error.code, error.param)
-        }
-        _ if status == StatusCode::UNAUTHORIZED => (
-            format!("the upstream provider '{provider}' rejected the gateway's credentials"),
-            Some("upstream_authentication_error".to_owned()),
-            None,
-            None,
-        ),
-        _ => (
-            format!(
-                "the upstream provider '{provider}' returned HTTP {}",
-                status.as_u16()
-            ),
-            None,
-            None,
-            None,
-        ),
-    };
+    let mut parts = parse(body).unwrap_or_default();
+    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
+    if kind == UpstreamKind::Auth {
+        parts = ErrorParts::default();
+    }
+    parts.retry_after = retry_after(headers).or(parts.retry_after);
+    let plain = format!(
+        "the upstream provider '{provider}' returned HTTP {}",
+        status.as_u16()
+    );
+    upstream(provider, status, kind, parts, plain)
+}
+
+/// The error an upstream reported, in a body or as an event in a stream: `fallback` is
+/// the message when `parts` has none.
+pub fn upstream(
+    provider: &str,
+    status: StatusCode,
+    kind: UpstreamKind,
+    parts: ErrorParts,
+    fallback: String,
+) -> GatewayError {
     GatewayError::Upstream(Box::new(UpstreamStatus {
         provider: provider.to_owned(),
         status,
-        message,
         kind,
-        code,
-        param,
-        retry_after: retry_after(headers),
+        message: parts.message.unwrap_or(fallback),
+        error_type: parts.error_type,
+        code: parts.code,
+        param: parts.param,
+        retry_after: parts.retry_after,
     }))
 }
 
@@ -129,6 +150,7 @@ mod tests {
             panic!("{err:?}")
         };
         assert!(upstream.message.starts_with("This model's maximum"));
+        assert_eq!(upstream.kind, UpstreamKind::ContextWindowExceeded);
         assert_eq!(upstream.code.as_deref(), Some("context_length_exceeded"));
         assert_eq!(upstream.param.as_deref(), Some("messages"));
     }
@@ -144,6 +166,33 @@ mod tests {
             openai_error,
         );
         assert!(!err.to_string().contains("sk-abc"));
+        assert_eq!(err.upstream_kind(), Some(UpstreamKind::Auth));
+    }
+
+    #[test]
+    fn the_kind_comes_from_the_body_before_the_status() {
+        let kind = |status: StatusCode, body: &[u8]| {
+            from_status("p", status, &HeaderMap::new(), body, openai_error).upstream_kind()
+        };
+        let quota = br#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#;
+        assert_eq!(
+            kind(StatusCode::TOO_MANY_REQUESTS, quota),
+            Some(UpstreamKind::QuotaExceeded)
+        );
+        let vllm = br#"{"object":"error","error":{"message":"This model's maximum context length is 4096 tokens"}}"#;
+        assert_eq!(
+            kind(StatusCode::BAD_REQUEST, vllm),
+            Some(UpstreamKind::ContextWindowExceeded)
+        );
+        assert_eq!(
+            kind(StatusCode::SERVICE_UNAVAILABLE, b"busy"),
+            Some(UpstreamKind::Overloaded)
+        );
+        assert_eq!(
+            kind(StatusCode::NOT_FOUND, b""),
+            Some(UpstreamKind::NotFound)
+        );
+        assert_eq!(kind(StatusCode::FORBIDDEN, b""), Some(UpstreamKind::Auth));
     }
 
     #[test]

@@ -14,15 +14,17 @@ use http::{HeaderName, Uri, header::HeaderValue};
 use serde::Deserialize;
 
 use super::http_client::HttpClient;
+use super::stream::UpstreamStream;
 use super::translate::ParamPolicy;
 use super::transport::{self, Transport};
-use super::upstream_error::ErrorParts;
+use super::upstream_error::{self, ErrorParts};
 use super::{ChatCall, EmbeddingsCall, Provider};
+use crate::api::chat::FinishReason;
+use crate::api::reply::{JsonReply, Reply};
 use crate::config::schema::{ProviderConfig, ProviderKind};
-use crate::error::{GatewayError, UpstreamStatus};
-use crate::stream::{JsonReply, Reply, to_json};
+use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::{PromptTokensDetails, Usage, UsageSource};
-use stream::{AnthropicStream, StreamTranslator};
+use stream::StreamTranslator;
 
 const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -80,23 +82,14 @@ impl Anthropic {
         if call.request.is_stream() {
             let translator =
                 StreamTranslator::new(self.transport.name.clone(), translated.json_mode);
-            let stream = AnthropicStream::new(response.into_body(), translator);
-            return Ok(Reply::Stream(Box::pin(stream)));
+            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            return Ok(Reply::Stream(chunks));
         }
         let body = self.transport.read_body(response).await?;
         let message: response::Message = serde_json::from_slice(&body)
             .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))?;
         let completion = response::completion(message, translated.json_mode);
-        let content_len = completion.choices[0]
-            .message
-            .content
-            .as_ref()
-            .map_or(0, String::len);
-        Ok(Reply::Json(JsonReply {
-            usage: Some(completion.usage),
-            body: to_json(&completion),
-            content_len,
-        }))
+        Ok(Reply::Json(JsonReply::completion(&completion)))
     }
 }
 
@@ -165,38 +158,71 @@ impl NativeUsage {
 
 /// `stop_reason` → `finish_reason`. The forced JSON tool ends with `tool_use`, which for
 /// the client is an ordinary stop.
-fn finish_reason(stop_reason: Option<&str>, json_mode: bool) -> &'static str {
+fn finish_reason(stop_reason: Option<&str>, json_mode: bool) -> FinishReason {
     match stop_reason {
-        Some("max_tokens" | "model_context_window_exceeded") => "length",
-        Some("tool_use") if !json_mode => "tool_calls",
-        Some("refusal") => "content_filter",
-        _ => "stop",
+        Some("max_tokens" | "model_context_window_exceeded") => FinishReason::Length,
+        Some("tool_use") if !json_mode => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
     }
 }
 
-/// `{"type": "error", "error": {"type", "message"}}`.
-fn error_body(body: &[u8]) -> Option<ErrorParts> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: Inner,
+/// `{"type": "error", "error": {"type", "message"}}`: the same object as a body and as an
+/// `error` event in a stream.
+#[derive(Deserialize)]
+struct NativeError {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl NativeError {
+    fn into_parts(self) -> ErrorParts {
+        ErrorParts {
+            kind: self
+                .kind
+                .as_deref()
+                .and_then(|kind| error_kind(kind, self.message.as_deref())),
+            message: self.message,
+            error_type: self.kind,
+            ..ErrorParts::default()
+        }
     }
-    #[derive(Deserialize)]
-    struct Inner {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        message: Option<String>,
-    }
-    let error = serde_json::from_slice::<Envelope>(body).ok()?.error;
-    Some(ErrorParts {
-        message: error.message,
-        kind: error.kind,
-        ..ErrorParts::default()
+}
+
+/// What Anthropic's error types (and, for the context window, its wording) mean.
+fn error_kind(error_type: &str, message: Option<&str>) -> Option<UpstreamKind> {
+    let too_long = message.is_some_and(|m| m.to_ascii_lowercase().contains("prompt is too long"));
+    Some(match error_type {
+        "invalid_request_error" if too_long => UpstreamKind::ContextWindowExceeded,
+        "invalid_request_error" | "request_too_large" => UpstreamKind::BadRequest,
+        "authentication_error" | "permission_error" => UpstreamKind::Auth,
+        "not_found_error" => UpstreamKind::NotFound,
+        "rate_limit_error" => UpstreamKind::RateLimited,
+        "billing_error" => UpstreamKind::QuotaExceeded,
+        "overloaded_error" => UpstreamKind::Overloaded,
+        "api_error" => UpstreamKind::Server,
+        _ => return None,
     })
 }
 
+fn error_body(body: &[u8]) -> Option<ErrorParts> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: NativeError,
+    }
+    Some(
+        serde_json::from_slice::<Envelope>(body)
+            .ok()?
+            .error
+            .into_parts(),
+    )
+}
+
 /// An `error` event inside a stream, with the status its type would have had.
-fn stream_error(provider: &str, kind: &str, message: String) -> GatewayError {
-    let status = match kind {
+fn stream_error(provider: &str, error: NativeError) -> GatewayError {
+    let status = match error.kind.as_deref().unwrap_or_default() {
         "invalid_request_error" => 400,
         "authentication_error" => 401,
         "permission_error" => 403,
@@ -207,15 +233,16 @@ fn stream_error(provider: &str, kind: &str, message: String) -> GatewayError {
         "overloaded_error" => 529,
         _ => 502,
     };
-    GatewayError::Upstream(Box::new(UpstreamStatus {
-        provider: provider.to_owned(),
-        status: http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
-        message,
-        kind: Some(kind.to_owned()),
-        code: None,
-        param: None,
-        retry_after: None,
-    }))
+    let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let parts = error.into_parts();
+    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
+    upstream_error::upstream(
+        provider,
+        status,
+        kind,
+        parts,
+        "the provider failed mid-stream".into(),
+    )
 }
 
 #[cfg(test)]
@@ -241,10 +268,16 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies_are_read() {
+    fn error_bodies_are_read_and_classified() {
         let body =
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let parts = error_body(body).unwrap();
-        assert_eq!(parts.kind.as_deref(), Some("overloaded_error"));
+        assert_eq!(parts.error_type.as_deref(), Some("overloaded_error"));
+        assert_eq!(parts.kind, Some(UpstreamKind::Overloaded));
+        let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#;
+        assert_eq!(
+            error_body(body).unwrap().kind,
+            Some(UpstreamKind::ContextWindowExceeded)
+        );
     }
 }

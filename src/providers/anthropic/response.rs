@@ -61,7 +61,7 @@ pub fn completion(message: Message, json_mode: bool) -> ChatCompletion {
     ChatCompletion {
         id: message.id,
         object: "chat.completion",
-        created: crate::api::unix_time(),
+        created: crate::clock::unix_seconds(),
         model: message.model,
         choices: vec![Choice {
             index: 0,

@@ -1,24 +1,20 @@
 //! Anthropic's streaming events → OpenAI chunks (docs/providers.md, "anthropic" / Stream).
 //!
 //! [`StreamTranslator`] carries the state a stream needs (which content block is which tool
-//! call, the usage so far) and turns one event into at most one chunk. [`AnthropicStream`]
-//! feeds it from the SSE body and ends with an error when the stream stops before
+//! call, the usage so far) and turns one event into at most one chunk; the shared driver
+//! (`providers/stream.rs`) feeds it and ends the stream with an error when it stops before
 //! `message_stop`.
 
-use std::collections::HashMap;
-use std::pin::Pin;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
-use futures_util::{Stream, StreamExt};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{JSON_TOOL, NativeUsage, finish_reason, stream_error};
+use super::{JSON_TOOL, NativeError, NativeUsage, finish_reason, stream_error};
 use crate::api::chat::{Delta, FunctionDelta, ToolCallDelta};
+use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::error::GatewayError;
-use crate::sse;
-use crate::stream::{Chunk, ChunkWriter};
+use crate::providers::stream::{self, Translator};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -41,7 +37,7 @@ enum Event {
     },
     MessageStop,
     Error {
-        error: ErrorBody,
+        error: NativeError,
     },
     /// `ping`, `content_block_stop` and event types added later carry nothing to relay.
     #[serde(other)]
@@ -97,14 +93,6 @@ struct MessageDeltaBody {
     stop_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
-
 /// What a content block of the stream turned out to be.
 #[derive(Clone, Copy)]
 enum BlockKind {
@@ -141,11 +129,6 @@ impl StreamTranslator {
         }
     }
 
-    /// Whether `message_stop` has been seen: the stream is complete.
-    pub fn finished(&self) -> bool {
-        self.finished
-    }
-
     /// Translates one event's data into the chunk it yields, if any.
     pub fn translate(&mut self, data: &str) -> Result<Option<Chunk>, GatewayError> {
         let event: Event = serde_json::from_str(data)
@@ -163,7 +146,7 @@ impl StreamTranslator {
             return Ok(Some(chunk));
         }
         if let Event::Error { error } = event {
-            return Err(stream_error(&self.provider, &error.kind, error.message));
+            return Err(stream_error(&self.provider, error));
         }
         let Some(writer) = &self.writer else {
             return match event {
@@ -198,12 +181,24 @@ impl StreamTranslator {
         };
         Ok(chunk)
     }
+}
+
+impl Translator for StreamTranslator {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+        out.extend(self.translate(&data)?);
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+
+    fn terminal_event(&self) -> &'static str {
+        "message_stop"
+    }
 
     fn protocol(&self, detail: String) -> GatewayError {
-        GatewayError::UpstreamProtocol {
-            provider: self.provider.to_string(),
-            detail,
-        }
+        stream::protocol(&self.provider, detail)
     }
 }
 
@@ -281,52 +276,5 @@ fn block_delta(kind: BlockKind, delta: &BlockDelta) -> Option<Delta<'_>> {
             ..Delta::default()
         }),
         _ => None,
-    }
-}
-
-/// The chunks of an Anthropic SSE body.
-pub struct AnthropicStream {
-    events: sse::Decoder<Incoming>,
-    translator: StreamTranslator,
-    failed: bool,
-}
-
-impl AnthropicStream {
-    pub fn new(body: Incoming, translator: StreamTranslator) -> Self {
-        Self {
-            events: sse::Decoder::new(body),
-            translator,
-            failed: false,
-        }
-    }
-}
-
-impl Stream for AnthropicStream {
-    type Item = Result<Chunk, GatewayError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.failed || self.translator.finished() {
-                return Poll::Ready(None);
-            }
-            let result = match ready!(self.events.poll_next_unpin(cx)) {
-                Some(Ok(sse::Event {
-                    data: Some(data), ..
-                })) => self.translator.translate(&data),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => Err(self.translator.protocol(format!("the stream broke: {e}"))),
-                None => Err(self
-                    .translator
-                    .protocol("the stream ended before message_stop".into())),
-            };
-            match result {
-                Ok(Some(chunk)) => return Poll::Ready(Some(Ok(chunk))),
-                Ok(None) => continue,
-                Err(error) => {
-                    self.failed = true;
-                    return Poll::Ready(Some(Err(error)));
-                }
-            }
-        }
     }
 }

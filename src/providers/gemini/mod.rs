@@ -16,17 +16,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http_client::HttpClient;
+use super::stream::UpstreamStream;
 use super::translate::ParamPolicy;
 use super::transport::Transport;
-use super::upstream_error::{ErrorParts, kind_for_status};
+use super::upstream_error::{self, ErrorParts, error_type_for_status};
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
 use crate::api::embeddings::EmbeddingInput;
+use crate::api::reply::{JsonReply, Reply};
 use crate::config::schema::{ProviderConfig, ProviderKind};
-use crate::error::{GatewayError, UpstreamStatus};
-use crate::stream::{JsonReply, Reply, to_json};
+use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::UsageSource;
 use response::NativeError;
-use stream::{GeminiStream, StreamTranslator};
+use stream::StreamTranslator;
 
 const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
@@ -92,10 +93,8 @@ impl Gemini {
             let response = self.post(uri, &body, call.request_id).await?;
             let translator =
                 StreamTranslator::new(self.transport.name.clone(), call.model.to_owned());
-            return Ok(Reply::Stream(Box::pin(GeminiStream::new(
-                response.into_body(),
-                translator,
-            ))));
+            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            return Ok(Reply::Stream(chunks));
         }
         let uri = self.uri(call.model, "generateContent")?;
         let response = self.post(uri, &body, call.request_id).await?;
@@ -103,17 +102,7 @@ impl Gemini {
         let answer: response::Answer = serde_json::from_slice(&bytes)
             .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))?;
         let completion = response::completion(answer, call.model);
-        let content_len = completion
-            .choices
-            .iter()
-            .filter_map(|c| c.message.content.as_ref())
-            .map(String::len)
-            .sum();
-        Ok(Reply::Json(JsonReply {
-            usage: Some(completion.usage),
-            body: to_json(&completion),
-            content_len,
-        }))
+        Ok(Reply::Json(JsonReply::completion(&completion)))
     }
 
     async fn embeddings_call(&self, call: EmbeddingsCall<'_>) -> Result<JsonReply, GatewayError> {
@@ -217,34 +206,43 @@ fn error_body(body: &[u8]) -> Option<ErrorParts> {
         error: NativeError,
     }
     let error = serde_json::from_slice::<Envelope>(body).ok()?.error;
-    let kind = error
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .map(kind_for_status);
-    Some(ErrorParts {
-        message: error.message,
-        kind: kind.map(str::to_owned),
-        code: error.status,
-        param: None,
-    })
+    let status = error.code.and_then(|c| StatusCode::from_u16(c).ok());
+    Some(error.into_parts(status))
+}
+
+impl NativeError {
+    fn into_parts(self, status: Option<StatusCode>) -> ErrorParts {
+        ErrorParts {
+            kind: error_kind(self.message.as_deref()),
+            message: self.message,
+            error_type: status.map(|s| error_type_for_status(s).to_owned()),
+            code: self.status,
+            ..ErrorParts::default()
+        }
+    }
+}
+
+/// What Gemini's wording says beyond its status: the context window.
+fn error_kind(message: Option<&str>) -> Option<UpstreamKind> {
+    let message = message?.to_ascii_lowercase();
+    message
+        .contains("exceeds the maximum number of tokens")
+        .then_some(UpstreamKind::ContextWindowExceeded)
 }
 
 /// An error event inside a stream, with the status its code gives.
-fn stream_error(provider: &str, error: &NativeError) -> GatewayError {
+fn stream_error(provider: &str, error: NativeError) -> GatewayError {
     let status = error
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
-    GatewayError::Upstream(Box::new(UpstreamStatus {
-        provider: provider.to_owned(),
+    let parts = error.into_parts(Some(status));
+    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
+    upstream_error::upstream(
+        provider,
         status,
-        message: error
-            .message
-            .clone()
-            .unwrap_or_else(|| "the provider failed mid-stream".into()),
-        kind: Some(kind_for_status(status).to_owned()),
-        code: error.status.clone(),
-        param: None,
-        retry_after: None,
-    }))
+        kind,
+        parts,
+        "the provider failed mid-stream".into(),
+    )
 }

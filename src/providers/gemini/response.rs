@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, ToolCall};
+use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, FinishReason, ToolCall};
 use crate::providers::translate::{compact, fnv1a};
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage, UsageSource};
 
@@ -124,14 +124,14 @@ pub fn tool_call_id(response_id: &str, candidate: u32, part: usize) -> String {
 }
 
 /// `finishReason` → `finish_reason`.
-pub fn finish_reason(reason: &str, has_tool_calls: bool) -> &'static str {
+pub fn finish_reason(reason: &str, has_tool_calls: bool) -> FinishReason {
     match reason {
-        "STOP" if has_tool_calls => "tool_calls",
-        "MAX_TOKENS" => "length",
+        "STOP" if has_tool_calls => FinishReason::ToolCalls,
+        "MAX_TOKENS" => FinishReason::Length,
         "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
-            "content_filter"
+            FinishReason::ContentFilter
         }
-        _ => "stop",
+        _ => FinishReason::Stop,
     }
 }
 
@@ -152,7 +152,7 @@ pub fn completion(answer: Answer, upstream_model: &str) -> ChatCompletion {
                 role: "assistant",
                 ..AssistantMessage::default()
             },
-            finish_reason: Some("content_filter"),
+            finish_reason: Some(FinishReason::ContentFilter),
             logprobs: None,
         });
     }
@@ -160,7 +160,7 @@ pub fn completion(answer: Answer, upstream_model: &str) -> ChatCompletion {
     ChatCompletion {
         id,
         object: "chat.completion",
-        created: crate::api::unix_time(),
+        created: crate::clock::unix_seconds(),
         model: answer
             .model_version
             .unwrap_or_else(|| upstream_model.to_owned()),

@@ -6,20 +6,15 @@
 //! body that ends before any finish reason is a cut stream and ends with an error.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-
-use futures_util::{Stream, StreamExt};
-use hyper::body::Incoming;
 
 use super::response::{Answer, Part, UsageMetadata, finish_reason, tool_call_id};
 use super::stream_error;
-use crate::api::chat::{Delta, FunctionDelta, ToolCallDelta};
+use crate::api::chat::{Delta, FinishReason, FunctionDelta, ToolCallDelta};
+use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::error::GatewayError;
+use crate::providers::stream::{self, Translator};
 use crate::providers::translate::compact;
-use crate::sse;
-use crate::stream::{Chunk, ChunkWriter};
 
 /// What the stream has seen of one candidate so far.
 #[derive(Default, Clone, Copy)]
@@ -53,13 +48,10 @@ impl StreamTranslator {
 
     /// Translates one event into its chunks, appended to `out`.
     pub fn translate(&mut self, data: &str, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
-        let answer: Answer =
-            serde_json::from_str(data).map_err(|e| GatewayError::UpstreamProtocol {
-                provider: self.provider.to_string(),
-                detail: format!("malformed JSON in a stream event: {e}"),
-            })?;
+        let answer: Answer = serde_json::from_str(data)
+            .map_err(|e| self.protocol(format!("malformed JSON in a stream event: {e}")))?;
         if let Some(error) = answer.error {
-            return Err(stream_error(&self.provider, &error));
+            return Err(stream_error(&self.provider, error));
         }
         let writer = self.writer.get_or_insert_with(|| {
             let id = answer.response_id.clone().unwrap_or_default();
@@ -77,7 +69,7 @@ impl StreamTranslator {
             .as_ref()
             .is_some_and(|f| f.block_reason.is_some());
         if answer.candidates.is_empty() && blocked {
-            out.push_back(writer.delta(0, Delta::default(), Some("content_filter")));
+            out.push_back(writer.delta(0, Delta::default(), Some(FinishReason::ContentFilter)));
             self.finished = true;
         }
         for candidate in answer.candidates {
@@ -109,17 +101,35 @@ impl StreamTranslator {
         }
         Ok(())
     }
+}
 
-    /// The body ended: the usage chunk if the answer was complete, an error if it was cut.
-    pub fn end(&self) -> Result<Option<Chunk>, GatewayError> {
+/// Gemini has no terminal event: the body's end is the end, and the answer was complete
+/// if a finish reason came before it.
+impl Translator for StreamTranslator {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+        self.translate(&data, out)
+    }
+
+    fn complete(&self) -> bool {
+        false
+    }
+
+    /// The usage chunk if the answer was complete, an error if it was cut.
+    fn end(&mut self, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
         if !self.finished {
-            return Err(GatewayError::UpstreamProtocol {
-                provider: self.provider.to_string(),
-                detail: "the stream ended before any finishReason".into(),
-            });
+            return Err(self.protocol("the stream ended before any finishReason".into()));
         }
         let usage = self.usage.unwrap_or_default().to_usage();
-        Ok(self.writer.as_ref().map(|writer| writer.usage(usage)))
+        out.extend(self.writer.as_ref().map(|writer| writer.usage(usage)));
+        Ok(())
+    }
+
+    fn terminal_event(&self) -> &'static str {
+        "a finishReason"
+    }
+
+    fn protocol(&self, detail: String) -> GatewayError {
+        stream::protocol(&self.provider, detail)
     }
 }
 
@@ -161,69 +171,4 @@ fn part_chunk(
         }
     };
     Some(writer.delta(choice, delta, None))
-}
-
-/// The chunks of a Gemini SSE body.
-pub struct GeminiStream {
-    events: sse::Decoder<Incoming>,
-    translator: StreamTranslator,
-    pending: VecDeque<Chunk>,
-    done: bool,
-}
-
-impl GeminiStream {
-    pub fn new(body: Incoming, translator: StreamTranslator) -> Self {
-        Self {
-            events: sse::Decoder::new(body),
-            translator,
-            pending: VecDeque::new(),
-            done: false,
-        }
-    }
-
-    fn fail(&mut self, error: GatewayError) -> Poll<Option<Result<Chunk, GatewayError>>> {
-        self.done = true;
-        self.pending.clear();
-        Poll::Ready(Some(Err(error)))
-    }
-}
-
-impl Stream for GeminiStream {
-    type Item = Result<Chunk, GatewayError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                return Poll::Ready(Some(Ok(chunk)));
-            }
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match ready!(self.events.poll_next_unpin(cx)) {
-                Some(Ok(sse::Event {
-                    data: Some(data), ..
-                })) if !data.is_empty() => {
-                    let this = &mut *self;
-                    if let Err(error) = this.translator.translate(&data, &mut this.pending) {
-                        return self.fail(error);
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    let error = GatewayError::UpstreamProtocol {
-                        provider: self.translator.provider.to_string(),
-                        detail: format!("the stream broke: {e}"),
-                    };
-                    return self.fail(error);
-                }
-                None => {
-                    self.done = true;
-                    match self.translator.end() {
-                        Ok(usage) => self.pending.extend(usage),
-                        Err(error) => return self.fail(error),
-                    }
-                }
-            }
-        }
-    }
 }

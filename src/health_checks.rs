@@ -12,9 +12,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::api::chat::ChatRequest;
 use crate::config::schema::HealthCheckConfig;
-use crate::http::parse;
 use crate::metrics::Metrics;
-use crate::pipeline::Call;
 use crate::providers::ChatCall;
 use crate::reload::ConfigStore;
 use crate::snapshot::{Snapshot, Target};
@@ -25,10 +23,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// The check itself: as small as a chat completion gets.
 static PING: LazyLock<Option<Arc<ChatRequest>>> = LazyLock::new(|| {
     let body = br#"{"model": "health-check", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}"#;
-    match parse::chat(body) {
-        Ok(Call::Chat(request)) => Some(request),
-        _ => None,
-    }
+    serde_json::from_slice(body).ok().map(Arc::new)
 });
 
 /// Runs the checks of the current config until aborted (at shutdown).
