@@ -167,3 +167,103 @@ async fn keys_never_reach_the_logs_and_the_dev_key_is_announced() {
         assert!(!text.contains(secret), "{secret} leaked into the logs");
     }
 }
+
+/// `GET` with an optional key; the status and the JSON body.
+async fn get(gateway: &TestGateway, key: Option<&str>, path: &str) -> (u16, Value) {
+    let mut request = common::client().get(format!("{}{path}", gateway.url));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_model_is_shown_only_to_keys_that_may_use_it() {
+    let gateway = TestGateway::start(&config()).await;
+    let (status, body) = get(&gateway, None, "/v1/models/small").await;
+    assert_eq!(status, 401, "no anonymous probing: {body}");
+    assert_eq!(body["error"]["code"], "missing_api_key");
+    assert_eq!(
+        get(&gateway, Some("sk-sy-nobody"), "/v1/models/small")
+            .await
+            .0,
+        401
+    );
+
+    let (status, body) = get(&gateway, Some(BOB), "/v1/models/small").await;
+    assert_eq!((status, &body["id"]), (200, &json!("small")));
+    // Allowed to the team but not to Bob, allowed to nobody, unknown: the same 404.
+    for model in ["big", "secret", "no-such-model"] {
+        let (status, body) = get(&gateway, Some(BOB), &format!("/v1/models/{model}")).await;
+        assert_eq!(status, 404, "{model}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        let expected =
+            format!("the model '{model}' does not exist or you do not have access to it");
+        assert_eq!(body["error"]["message"], expected.as_str());
+    }
+    assert_eq!(get(&gateway, Some(ALICE), "/v1/models/big").await.0, 200);
+    assert_eq!(get(&gateway, Some(ALICE), "/v1/models/secret").await.0, 404);
+}
+
+/// Sends a request head announcing a body of `length` bytes and none of it; the answer.
+async fn head_only(
+    addr: std::net::SocketAddr,
+    request_line: &str,
+    auth: &str,
+    length: u64,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{request_line} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    // Only a hang guard: the body never comes, so only an answer that did not wait for
+    // it arrives at all.
+    let read = tokio::time::timeout(common::HANG, stream.read(&mut answer))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_without_a_valid_key_is_refused_before_its_body_is_read() {
+    let admin_key = "sk-sy-admin-0a1b2c3d4e5f60718293a4b5c6";
+    let admin = format!(
+        "admin: {{key_sha256: {}, on_public_listener: true}}\n",
+        hex(&hash_key(admin_key))
+    );
+    let gateway = TestGateway::start(&format!("{}{admin}", config())).await;
+    let addr = gateway.gateway.addr;
+    for (line, auth) in [
+        ("POST /v1/chat/completions", ""),
+        (
+            "POST /v1/chat/completions",
+            "Authorization: Bearer sk-sy-nobody\r\n",
+        ),
+        (
+            "POST /v1/chat/completions",
+            &format!("Authorization: Bearer {OFF}\r\n"),
+        ),
+        ("POST /v1/embeddings", ""),
+        ("POST /admin/keys", ""),
+        (
+            "POST /admin/keys",
+            &format!("Authorization: Bearer {ALICE}\r\n"),
+        ),
+    ] {
+        // 1 GiB (over the body limit), and 1 KB (under it: the body would be waited for
+        // until the body idle timeout, 30 s by default).
+        for length in [1 << 30, 1024] {
+            let answer = head_only(addr, line, auth, length).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 401"),
+                "{line} {auth:?}: {answer}"
+            );
+        }
+    }
+}

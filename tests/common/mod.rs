@@ -35,6 +35,10 @@ pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
 /// section.
 pub const TEST_KEY: &str = "sk-sy-test-key-0123456789abcdef";
 
+/// How long a test waits before calling something a hang. Only a guard: tests never
+/// assert how long anything took.
+pub const HANG: Duration = Duration::from_secs(10);
+
 /// The `auth` section that accepts `TEST_KEY` (and, with `extra`, more keys).
 pub fn auth_section(extra: &str) -> String {
     let hash = switchyard::auth::hex(&switchyard::auth::hash_key(TEST_KEY));
