@@ -97,18 +97,17 @@ pub fn from_status(
 /// `retry-after-ms` (OpenAI's, milliseconds) or `retry-after` (seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let number = |name: &str| -> Option<f64> {
-        let value = headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()?;
-        (value.is_finite() && value >= 0.0).then_some(value)
+        headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok()
     };
     number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .and_then(|ms| seconds(ms / 1000.0))
+        .or_else(|| number("retry-after").and_then(seconds))
+}
+
+/// `value` seconds as a duration, or `None` when no duration can hold it (negative, not
+/// finite, or beyond `Duration::MAX`, where `Duration::from_secs_f64` would panic).
+pub fn seconds(value: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(value).ok()
 }
 
 #[cfg(test)]
@@ -167,5 +166,21 @@ mod tests {
             openai_error,
         );
         assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn retry_after_headers_no_duration_can_hold_are_ignored() {
+        for value in ["1e20", "-1", "NaN", "inf"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", value.parse().unwrap());
+            let err = from_status(
+                "p",
+                StatusCode::TOO_MANY_REQUESTS,
+                &headers,
+                b"",
+                openai_error,
+            );
+            assert_eq!(err.retry_after(), None, "retry-after: {value}");
+        }
     }
 }
