@@ -100,10 +100,11 @@ async fn suite(dir: &str, kind: &str, base_path: &str, cases: &[&str]) {
             "    kind: {kind}\n    base_url: http://{addr}{base_path}\n    api_key: test-key\n    timeouts: {{connect: 1s, request: 5s, stream_idle: 2s}}\n"
         )
     };
-    // One attempt: the cases check how each answer (errors included) is translated, not
-    // how the gateway survives them (tests/resilience.rs).
+    // One attempt, and a breaker that never opens: the cases check how each answer (errors
+    // included) is translated, not how the gateway survives them (tests/resilience.rs), and
+    // a run of error cases must not open the circuit on the cases after them.
     let config = format!(
-        "providers:\n  under-test:\n{provider}models:\n  test-model:\n    targets: [{{provider: under-test, model: upstream-model}}]\nresilience: {{max_attempts: 1}}\n"
+        "providers:\n  under-test:\n{provider}models:\n  test-model:\n    targets: [{{provider: under-test, model: upstream-model}}]\nresilience: {{max_attempts: 1, breaker: {{consecutive_failures: 1000, min_requests: 1000}}}}\n"
     );
     let gateway = TestGateway::start(&config).await;
     let fixtures = Path::new("tests/fixtures").join(dir);
