@@ -42,6 +42,8 @@ const ALL_CASES: &[&str] = &[
     "rate_limited",
     "server_error",
 ];
+/// Cases only Gemini has, for what only its wire carries.
+const GEMINI_CASES: &[&str] = &["rate_limited_retry_info"];
 const MOCK_CASES: &[&str] = &[
     "plain_text",
     "plain_text_stream",
@@ -66,7 +68,13 @@ async fn anthropic() {
 
 #[tokio::test]
 async fn gemini() {
-    suite("gemini", "gemini", "/v1beta", ALL_CASES).await;
+    suite(
+        "gemini",
+        "gemini",
+        "/v1beta",
+        &[ALL_CASES, GEMINI_CASES].concat(),
+    )
+    .await;
 }
 
 #[tokio::test]

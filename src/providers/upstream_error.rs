@@ -15,6 +15,9 @@ pub struct ErrorParts {
     pub kind: Option<String>,
     pub code: Option<String>,
     pub param: Option<String>,
+    /// How long the body asks the client to wait before retrying (Gemini's `RetryInfo`);
+    /// a `retry-after` or `retry-after-ms` header, when there is one, wins over it.
+    pub retry_after: Option<Duration>,
 }
 
 /// An adapter's reader of its provider's error bodies.
@@ -33,6 +36,7 @@ pub fn openai_error(body: &[u8]) -> Option<ErrorParts> {
         kind: error.kind,
         code: error.code,
         param: error.param,
+        retry_after: None,
     })
 }
 
@@ -49,7 +53,8 @@ pub fn kind_for_status(status: StatusCode) -> &'static str {
 }
 
 /// An error status from `provider`: its own message, type, code and param when `parse`
-/// understands the body, a plain description otherwise. A 401 means the provider rejected
+/// understands the body, a plain description otherwise; the retry delay from the headers,
+/// else from the body. A 401 means the provider rejected
 /// the gateway's own credentials, and its message may quote part of that key, so the
 /// message is replaced.
 pub fn from_status(
@@ -60,6 +65,7 @@ pub fn from_status(
     parse: ErrorParser,
 ) -> GatewayError {
     let parsed = parse(body);
+    let body_retry_after = parsed.as_ref().and_then(|error| error.retry_after);
     let (message, kind, code, param) = match parsed {
         Some(error) if status != StatusCode::UNAUTHORIZED => {
             let message = error
@@ -90,7 +96,7 @@ pub fn from_status(
         kind,
         code,
         param,
-        retry_after: retry_after(headers),
+        retry_after: retry_after(headers).or(body_retry_after),
     }))
 }
 
@@ -182,5 +188,26 @@ mod tests {
             );
             assert_eq!(err.retry_after(), None, "retry-after: {value}");
         }
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_is_used_when_no_header_gives_one() {
+        fn delay_in_body(_: &[u8]) -> Option<ErrorParts> {
+            Some(ErrorParts {
+                retry_after: Some(Duration::from_secs(31)),
+                ..ErrorParts::default()
+            })
+        }
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let err = from_status("p", status, &HeaderMap::new(), b"", delay_in_body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(31)));
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        let err = from_status("p", status, &headers, b"", delay_in_body);
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(2)),
+            "the header wins"
+        );
     }
 }

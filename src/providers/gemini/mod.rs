@@ -8,6 +8,7 @@ mod response;
 pub mod stream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 use super::http_client::HttpClient;
 use super::translate::ParamPolicy;
 use super::transport::Transport;
-use super::upstream_error::{ErrorParts, kind_for_status};
+use super::upstream_error::{ErrorParts, kind_for_status, seconds};
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
 use crate::api::embeddings::EmbeddingInput;
 use crate::config::schema::{ProviderConfig, ProviderKind};
@@ -209,8 +210,8 @@ struct BatchEmbeddings {
     embeddings: Vec<Values>,
 }
 
-/// `{"error": {"code", "message", "status"}}`: the type from the HTTP status, the code is
-/// Gemini's status name.
+/// `{"error": {"code", "message", "status", "details"}}`: the type from the HTTP status, the
+/// code is Gemini's status name, the retry delay its `RetryInfo` detail's.
 fn error_body(body: &[u8]) -> Option<ErrorParts> {
     #[derive(Deserialize)]
     struct Envelope {
@@ -226,7 +227,22 @@ fn error_body(body: &[u8]) -> Option<ErrorParts> {
         kind: kind.map(str::to_owned),
         code: error.status,
         param: None,
+        retry_after: retry_delay(&error.details),
     })
+}
+
+const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The `retryDelay` of a `RetryInfo` detail: a protobuf `Duration` in its JSON form, seconds
+/// with up to nine decimals and an `s` (`"31s"`, `"1.5s"`, `"0.750s"`).
+fn retry_delay(details: &[Value]) -> Option<Duration> {
+    details
+        .iter()
+        .filter(|detail| detail["@type"] == RETRY_INFO)
+        .find_map(|detail| {
+            let delay = detail["retryDelay"].as_str()?.strip_suffix('s')?;
+            seconds(delay.parse().ok()?)
+        })
 }
 
 /// An error event inside a stream, with the status its code gives.
@@ -245,6 +261,43 @@ fn stream_error(provider: &str, error: &NativeError) -> GatewayError {
         kind: Some(kind_for_status(status).to_owned()),
         code: error.status.clone(),
         param: None,
-        retry_after: None,
+        retry_after: retry_delay(&error.details),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate_limited(delay: &str) -> Vec<u8> {
+        format!(
+            r#"{{"error":{{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED","details":[{{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[]}},{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn retry_info_gives_the_retry_delay() {
+        for (delay, expected) in [("31s", 31_000), ("1.5s", 1_500), ("0.750s", 750)] {
+            let parts = error_body(&rate_limited(delay)).unwrap();
+            assert_eq!(
+                parts.retry_after,
+                Some(Duration::from_millis(expected)),
+                "{delay}"
+            );
+            assert_eq!(parts.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
+            assert_eq!(parts.kind.as_deref(), Some("rate_limit_error"));
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_retry_delay_gives_none() {
+        for delay in ["31", "soon", "-1s", "1e300s"] {
+            let parts = error_body(&rate_limited(delay)).unwrap();
+            assert_eq!(parts.retry_after, None, "{delay}");
+        }
+        let body =
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(error_body(body).unwrap().retry_after, None);
+    }
 }

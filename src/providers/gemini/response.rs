@@ -112,6 +112,9 @@ pub struct NativeError {
     pub message: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// `google.rpc` detail messages, each tagged by its `@type`.
+    #[serde(default)]
+    pub details: Vec<Value>,
 }
 
 /// A stable id for the function call at `part` of `candidate`: the same answer always
