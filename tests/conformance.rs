@@ -43,7 +43,12 @@ const ALL_CASES: &[&str] = &[
     "server_error",
 ];
 /// Cases only Gemini has, for what only its wire carries.
-const GEMINI_CASES: &[&str] = &["rate_limited_retry_info"];
+const GEMINI_CASES: &[&str] = &[
+    "rate_limited_retry_info",
+    "thought_signature",
+    "thought_signature_stream",
+    "thought_signature_round_trip",
+];
 const MOCK_CASES: &[&str] = &[
     "plain_text",
     "plain_text_stream",

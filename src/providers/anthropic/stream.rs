@@ -245,6 +245,7 @@ fn start_block<'a>(
                         name: Some(name),
                         arguments: Some(""),
                     },
+                    extra_content: None,
                 }]),
                 ..Delta::default()
             };
@@ -277,6 +278,7 @@ fn block_delta(kind: BlockKind, delta: &BlockDelta) -> Option<Delta<'_>> {
                     name: None,
                     arguments: Some(partial_json),
                 },
+                extra_content: None,
             }]),
             ..Delta::default()
         }),

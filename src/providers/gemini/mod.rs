@@ -1,7 +1,8 @@
 //! The `gemini` adapter: OpenAI chat completions and embeddings over Google's Generative
 //! Language API. The rules are in docs/providers.md; `request.rs` translates requests,
-//! `response.rs` answers, `stream.rs` streams. The key travels in `x-goog-api-key`, never
-//! in the URL, so it cannot reach a log line.
+//! `response.rs` answers, `stream.rs` streams; this module calls the API, reads its error
+//! bodies, and owns the OpenAI-side shape of a thought signature, which all three share.
+//! The key travels in `x-goog-api-key`, never in the URL, so it cannot reach a log line.
 
 mod request;
 mod response;
@@ -21,6 +22,7 @@ use super::translate::ParamPolicy;
 use super::transport::Transport;
 use super::upstream_error::{ErrorParts, kind_for_status, seconds};
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
+use crate::api::chat::ToolCall;
 use crate::api::embeddings::EmbeddingInput;
 use crate::config::schema::{ProviderConfig, ProviderKind};
 use crate::error::{GatewayError, UpstreamStatus};
@@ -229,6 +231,21 @@ fn error_body(body: &[u8]) -> Option<ErrorParts> {
         param: None,
         retry_after: retry_delay(&error.details),
     })
+}
+
+/// A part's `thoughtSignature` as the client sees it on the tool call, where Google's own
+/// OpenAI-compatible endpoint puts it: `"extra_content": {"google": {"thought_signature"}}`.
+fn extra_content(signature: &str) -> Value {
+    json!({"google": {"thought_signature": signature}})
+}
+
+/// The thought signature a tool call the client sends back carries (see `extra_content`).
+fn thought_signature(call: &ToolCall) -> Option<&str> {
+    call.extra
+        .get("extra_content")?
+        .get("google")?
+        .get("thought_signature")?
+        .as_str()
 }
 
 const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+use super::thought_signature;
 use crate::api::chat::{ChatRequest, ContentPart, Message, MessageContent, Role};
 use crate::error::GatewayError;
 use crate::providers::translate::{self, ParamPolicy};
@@ -237,7 +238,11 @@ fn model_parts(message: &Message, param: &str) -> Result<Vec<Value>, GatewayErro
         let args = translate::arguments(&call.function.arguments, || {
             format!("{param}.tool_calls[{i}].function.arguments")
         })?;
-        parts.push(json!({"functionCall": {"name": call.function.name, "args": args}}));
+        let mut part = json!({"functionCall": {"name": call.function.name, "args": args}});
+        if let Some(signature) = thought_signature(call) {
+            part["thoughtSignature"] = json!(signature);
+        }
+        parts.push(part);
     }
     Ok(parts)
 }

@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use hyper::body::Incoming;
 
 use super::response::{Answer, Part, UsageMetadata, finish_reason, tool_call_id};
-use super::stream_error;
+use super::{extra_content, stream_error};
 use crate::api::chat::{Delta, FunctionDelta, ToolCallDelta};
 use crate::error::GatewayError;
 use crate::providers::translate::compact;
@@ -142,6 +142,7 @@ fn part_chunk(
                     name: Some(&call.name),
                     arguments: Some(&arguments),
                 },
+                extra_content: part.thought_signature.as_deref().map(extra_content),
             }]),
             ..Delta::default()
         };
