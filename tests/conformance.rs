@@ -30,6 +30,7 @@ const ALL_CASES: &[&str] = &[
     "parallel_tool_calls_stream",
     "tool_result_round_trip",
     "json_schema",
+    "strict_tool_schema",
     "stop_sequence",
     "length_cutoff",
     "content_filter",
@@ -45,6 +46,8 @@ const ALL_CASES: &[&str] = &[
 /// Cases only Gemini has, for what only its wire carries.
 const GEMINI_CASES: &[&str] = &[
     "rate_limited_retry_info",
+    "strict_json_schema",
+    "recursive_tool_schema",
     "thought_signature",
     "thought_signature_stream",
     "thought_signature_round_trip",
@@ -176,9 +179,11 @@ async fn run_case(
         let body: Value = response.json().await.unwrap_or_default();
         matches(&expect["body"], &body, "body", diffs);
     }
-    if let Some(upstream) = fixture.get("upstream") {
-        let received = replay.lock().unwrap().received.take();
-        check_upstream(upstream, received, diffs);
+    let received = replay.lock().unwrap().received.take();
+    match fixture.get("upstream") {
+        Some(upstream) => check_upstream(upstream, received, diffs),
+        None if received.is_some() => diffs.push("the provider received a request".into()),
+        None => {}
     }
 }
 

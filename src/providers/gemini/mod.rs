@@ -6,6 +6,7 @@
 
 mod request;
 mod response;
+mod schema;
 pub mod stream;
 
 use std::sync::Arc;
