@@ -1,5 +1,5 @@
 //! The translating providers end to end: the stock OpenAI SDK through the Anthropic and
-//! Gemini emulators, streams relayed without buffering, one public model served by targets
+//! Gemini emulators (pydantic-built tool and response schemas through Gemini's too), streams relayed without buffering, one public model served by targets
 //! on different providers, and a provider's own retry delay reaching the resilience layer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -46,6 +46,13 @@ async fn the_openai_sdk_works_through_anthropic_and_gemini() {
     .await;
     common::sdk::openai_sdk_check(&gateway, "claude-test", "mock").await;
     common::sdk::openai_sdk_check(&gateway, "gemini-test", "gemini-embed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdks_pydantic_tools_and_response_formats_work_through_gemini() {
+    // The emulator refuses, as Gemini does, any schema key outside Gemini's subset.
+    let gateway = TestGateway::start(&config("http://127.0.0.1:9", &native::gemini().await)).await;
+    common::sdk::openai_sdk_schemas_check(&gateway, "gemini-test").await;
 }
 
 #[tokio::test]
