@@ -229,7 +229,7 @@ impl<'a> Converter<'a> {
             }
             _ => Err(self.invalid(
                 path,
-                "combines several schemas, which Gemini's schemas cannot express",
+                "is not a single schema, and Gemini's schemas cannot express an intersection",
             )),
         }
     }
