@@ -1,6 +1,7 @@
 //! The translating providers end to end: the stock OpenAI SDK through the Anthropic and
-//! Gemini emulators (pydantic-built tool and response schemas through Gemini's too), streams relayed without buffering, one public model served by targets
-//! on different providers, and a provider's own retry delay reaching the resilience layer.
+//! Gemini emulators (and its pydantic-built tool and response schemas through Gemini's),
+//! streams relayed without buffering, one public model served by targets on different
+//! providers, and a provider's own retry delay reaching the resilience layer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 

@@ -1,8 +1,9 @@
 //! Live emulators of Anthropic's Messages API and Gemini's Generative Language API, from
 //! their public references: they answer any request by echoing the last user text, as JSON
-//! or as the provider's own event stream. The Gemini emulator refuses, as Gemini does, a
-//! function declaration or response schema with a key outside its OpenAPI subset. (The conformance suite replays exact transcripts;
+//! or as the provider's own event stream. (The conformance suite replays exact transcripts;
 //! these serve tests that need a provider that just works, such as the OpenAI SDK check.)
+//! Like Gemini, the Gemini emulator refuses a function declaration or response schema with
+//! a key outside Gemini's OpenAPI subset.
 
 use std::sync::Arc;
 
@@ -169,7 +170,8 @@ async fn gemini_call(Path(call): Path<String>, request: Request) -> Response {
     if let Some(message) = gemini_schema_errors(&body) {
         let error =
             json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}});
-        return (http::StatusCode::BAD_REQUEST, error.to_string()).into_response();
+        let headers = [("content-type", "application/json")];
+        return (http::StatusCode::BAD_REQUEST, headers, error.to_string()).into_response();
     }
     let (_, method) = call.split_once(':').unwrap_or((&call, ""));
     match method {
@@ -258,8 +260,9 @@ fn check_gemini_schema(schema: &Value, at: &str, errors: &mut Vec<String>) {
     for (key, value) in object {
         match key.as_str() {
             "properties" => {
-                for (n, property) in value.as_object().into_iter().flatten().enumerate() {
-                    check_gemini_schema(property.1, &format!("{at}.properties[{n}].value"), errors);
+                for (n, (_, property)) in value.as_object().into_iter().flatten().enumerate() {
+                    let at = format!("{at}.properties[{n}].value");
+                    check_gemini_schema(property, &at, errors);
                 }
             }
             "items" => check_gemini_schema(value, &format!("{at}.items"), errors),
