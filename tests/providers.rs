@@ -1,17 +1,26 @@
 //! The translating providers end to end: the stock OpenAI SDK through the Anthropic and
-//! Gemini emulators, streams relayed without buffering, and one public model served by
-//! targets on different providers.
+//! Gemini emulators (and its pydantic-built tool and response schemas through Gemini's),
+//! streams relayed without buffering, one public model served by targets on different
+//! providers, and a provider's own retry delay reaching the resilience layer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use common::native::{self, Gate};
 use common::upstream::{self, Behavior, Upstream};
 use common::{SseReader, TestGateway};
+use http::StatusCode;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 
 fn config(anthropic: &str, gemini: &str) -> String {
     format!(
@@ -38,6 +47,13 @@ async fn the_openai_sdk_works_through_anthropic_and_gemini() {
     .await;
     common::sdk::openai_sdk_check(&gateway, "claude-test", "mock").await;
     common::sdk::openai_sdk_check(&gateway, "gemini-test", "gemini-embed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdks_pydantic_tools_and_response_formats_work_through_gemini() {
+    // The emulator refuses, as Gemini does, any schema key outside Gemini's subset.
+    let gateway = TestGateway::start(&config("http://127.0.0.1:9", &native::gemini().await)).await;
+    common::sdk::openai_sdk_schemas_check(&gateway, "gemini-test").await;
 }
 
 #[tokio::test]
@@ -137,4 +153,70 @@ async fn parameters_a_provider_cannot_express_are_rejected_or_dropped_by_policy(
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "temperature");
+}
+
+/// Requests received per upstream model.
+type Counts = Arc<Mutex<HashMap<String, usize>>>;
+
+/// A Gemini upstream whose model `busy` answers its first request with a 429 whose only
+/// delay is `RetryInfo.retryDelay: "31s"` in the body (no `retry-after` header), and every
+/// other request with a text answer naming the model; returns its base URL (`…/v1beta`).
+async fn gemini_busy_once(counts: Counts) -> String {
+    async fn call(State(counts): State<Counts>, Path(call): Path<String>) -> Response {
+        let model = call.split(':').next().unwrap_or_default().to_owned();
+        let seen = {
+            let mut counts = counts.lock().unwrap();
+            let count = counts.entry(model.clone()).or_default();
+            *count += 1;
+            *count
+        };
+        if model == "busy" && seen == 1 {
+            let body = json!({"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "31s"}]}});
+            let headers = [("content-type", "application/json")];
+            return (StatusCode::TOO_MANY_REQUESTS, headers, body.to_string()).into_response();
+        }
+        let answer = json!({
+            "candidates": [{"content": {"parts": [{"text": format!("from {model}")}], "role": "model"}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5},
+            "modelVersion": model, "responseId": "resp-busy-once"
+        });
+        ([("content-type", "application/json")], answer.to_string()).into_response()
+    }
+    let app = Router::new()
+        .route("/v1beta/models/{call}", post(call))
+        .with_state(counts);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1beta")
+}
+
+#[tokio::test]
+async fn a_gemini_retry_delay_longer_than_the_longest_backoff_sends_the_request_to_the_fallback() {
+    let counts = Counts::default();
+    let base_url = gemini_busy_once(counts.clone()).await;
+    // The resilience layer skips a Retry-After longer than backoff.max when a fallback can
+    // answer at once. Without the body's delay the 429 would be retried on `busy` after a
+    // backoff of at most 1s, and `busy` would answer the retry.
+    let config = format!(
+        "providers:\n  google: {{kind: gemini, base_url: \"{base_url}\", api_key: k}}\nmodels:\n  primary: {{targets: [{{provider: google, model: busy}}], fallbacks: [backup]}}\n  backup: {{targets: [{{provider: google, model: spare}}]}}\nresilience:\n  max_attempts: 3\n  backoff: {{base: 10ms, max: 1s}}\n"
+    );
+    let gateway = TestGateway::start(&config).await;
+    let response = gateway
+        .chat(&json!({"model": "primary", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let target = response.headers()["x-switchyard-target"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(target, "google/spare");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "from spare");
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(
+        counts.get("busy"),
+        Some(&1),
+        "busy is not retried: {counts:?}"
+    );
 }

@@ -376,6 +376,10 @@ pub struct ToolCallDelta<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
     pub function: FunctionDelta<'a>,
+    /// Provider data the client must send back with the call (Gemini's thought signature),
+    /// on a call's first delta.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_content: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]

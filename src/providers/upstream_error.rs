@@ -20,7 +20,8 @@ pub struct ErrorParts {
     pub param: Option<String>,
     /// What the error means, when the body says more than the status.
     pub kind: Option<UpstreamKind>,
-    /// A retry delay the body gives (the headers' win when both do).
+    /// How long the body asks the client to wait before retrying (Gemini's `RetryInfo`);
+    /// a `retry-after` or `retry-after-ms` header, when there is one, wins over it.
     pub retry_after: Option<Duration>,
 }
 
@@ -118,18 +119,17 @@ pub fn upstream(
 /// `retry-after-ms` (OpenAI's, milliseconds) or `retry-after` (seconds).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let number = |name: &str| -> Option<f64> {
-        let value = headers
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<f64>()
-            .ok()?;
-        (value.is_finite() && value >= 0.0).then_some(value)
+        headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok()
     };
     number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .and_then(|ms| seconds(ms / 1000.0))
+        .or_else(|| number("retry-after").and_then(seconds))
+}
+
+/// `value` seconds as a duration, or `None` when no duration can hold it (negative, not
+/// finite, or beyond `Duration::MAX`, where `Duration::from_secs_f64` would panic).
+pub fn seconds(value: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(value).ok()
 }
 
 #[cfg(test)]
@@ -216,5 +216,42 @@ mod tests {
             openai_error,
         );
         assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn retry_after_headers_no_duration_can_hold_are_ignored() {
+        for value in ["1e20", "-1", "NaN", "inf"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", value.parse().unwrap());
+            let err = from_status(
+                "p",
+                StatusCode::TOO_MANY_REQUESTS,
+                &headers,
+                b"",
+                openai_error,
+            );
+            assert_eq!(err.retry_after(), None, "retry-after: {value}");
+        }
+    }
+
+    #[test]
+    fn a_retry_delay_in_the_body_is_used_when_no_header_gives_one() {
+        fn delay_in_body(_: &[u8]) -> Option<ErrorParts> {
+            Some(ErrorParts {
+                retry_after: Some(Duration::from_secs(31)),
+                ..ErrorParts::default()
+            })
+        }
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let err = from_status("p", status, &HeaderMap::new(), b"", delay_in_body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(31)));
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        let err = from_status("p", status, &headers, b"", delay_in_body);
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(2)),
+            "the header wins"
+        );
     }
 }

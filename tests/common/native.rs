@@ -2,6 +2,8 @@
 //! their public references: they answer any request by echoing the last user text, as JSON
 //! or as the provider's own event stream. (The conformance suite replays exact transcripts;
 //! these serve tests that need a provider that just works, such as the OpenAI SDK check.)
+//! Like Gemini, the Gemini emulator refuses a function declaration or response schema with
+//! a key outside Gemini's OpenAPI subset.
 
 use std::sync::Arc;
 
@@ -165,6 +167,12 @@ async fn gemini_call(Path(call): Path<String>, request: Request) -> Response {
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&bytes).unwrap();
+    if let Some(message) = gemini_schema_errors(&body) {
+        let error =
+            json!({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}});
+        let headers = [("content-type", "application/json")];
+        return (http::StatusCode::BAD_REQUEST, headers, error.to_string()).into_response();
+    }
     let (_, method) = call.split_once(':').unwrap_or((&call, ""));
     match method {
         "generateContent" => json_response(gemini_answer(
@@ -191,6 +199,89 @@ async fn gemini_call(Path(call): Path<String>, request: Request) -> Response {
             json_response(json!({"embeddings": embeddings}))
         }
         _ => (http::StatusCode::NOT_FOUND, "unknown method").into_response(),
+    }
+}
+
+/// The fields of Gemini's `Schema` message (v1beta, "a select subset of an OpenAPI 3.0
+/// schema object"). Gemini parses function `parameters` and `responseSchema` as that
+/// message, so any other key fails the whole request.
+const GEMINI_SCHEMA_FIELDS: &[&str] = &[
+    "anyOf",
+    "default",
+    "description",
+    "enum",
+    "example",
+    "format",
+    "items",
+    "maxItems",
+    "maxLength",
+    "maxProperties",
+    "maximum",
+    "minItems",
+    "minLength",
+    "minProperties",
+    "minimum",
+    "nullable",
+    "pattern",
+    "properties",
+    "propertyOrdering",
+    "required",
+    "title",
+    "type",
+];
+
+/// What Gemini says of the schemas in a request (one line per fault, worded and located
+/// as Gemini words them), or `None` when it accepts them.
+fn gemini_schema_errors(body: &Value) -> Option<String> {
+    let mut errors = Vec::new();
+    for (i, tool) in body["tools"].as_array().into_iter().flatten().enumerate() {
+        let declarations = tool["functionDeclarations"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        for (j, declaration) in declarations.enumerate() {
+            if let Some(parameters) = declaration.get("parameters") {
+                let at = format!("tools[{i}].function_declarations[{j}].parameters");
+                check_gemini_schema(parameters, &at, &mut errors);
+            }
+        }
+    }
+    if let Some(schema) = body["generationConfig"].get("responseSchema") {
+        check_gemini_schema(schema, "generation_config.response_schema", &mut errors);
+    }
+    (!errors.is_empty()).then(|| errors.join("\n"))
+}
+
+fn check_gemini_schema(schema: &Value, at: &str, errors: &mut Vec<String>) {
+    let Some(object) = schema.as_object() else {
+        errors.push(format!("Invalid value at '{at}' (type.googleapis.com/google.ai.generativelanguage.v1beta.Schema), {schema}"));
+        return;
+    };
+    for (key, value) in object {
+        match key.as_str() {
+            "properties" => {
+                for (n, (_, property)) in value.as_object().into_iter().flatten().enumerate() {
+                    let at = format!("{at}.properties[{n}].value");
+                    check_gemini_schema(property, &at, errors);
+                }
+            }
+            "items" => check_gemini_schema(value, &format!("{at}.items"), errors),
+            "anyOf" => {
+                for (n, branch) in value.as_array().into_iter().flatten().enumerate() {
+                    check_gemini_schema(branch, &format!("{at}.any_of[{n}]"), errors);
+                }
+            }
+            "type" if !value.is_string() => errors.push(format!(
+                "Invalid JSON payload received. Unknown name \"type\" at '{at}': Proto field is not repeating, cannot start list."
+            )),
+            "enum" if value.as_array().into_iter().flatten().any(|v| !v.is_string()) => {
+                errors.push(format!("Invalid value at '{at}.enum' (TYPE_STRING), {value}"));
+            }
+            name if GEMINI_SCHEMA_FIELDS.contains(&name) => {}
+            name => errors.push(format!(
+                "Invalid JSON payload received. Unknown name \"{name}\" at '{at}': Cannot find field."
+            )),
+        }
     }
 }
 

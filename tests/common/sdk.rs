@@ -53,23 +53,37 @@ fn find_or_install() -> (String, Option<PathBuf>) {
 /// Runs tests/sdk/openai_sdk_check.py against `gateway`: chat (streamed and not), models,
 /// embeddings and errors through the stock OpenAI Python SDK.
 pub async fn openai_sdk_check(gateway: &TestGateway, chat_model: &str, embedding_model: &str) {
+    let args = [chat_model, embedding_model, super::TEST_KEY];
+    run("tests/sdk/openai_sdk_check.py", gateway, &args).await;
+}
+
+/// Runs tests/sdk/openai_sdk_schemas_check.py against `gateway`: a strict tool and a
+/// response_format built by the SDK from a pydantic model, on `chat_model`.
+pub async fn openai_sdk_schemas_check(gateway: &TestGateway, chat_model: &str) {
+    run(
+        "tests/sdk/openai_sdk_schemas_check.py",
+        gateway,
+        &[chat_model, super::TEST_KEY],
+    )
+    .await;
+}
+
+/// Runs `script` with the gateway's `/v1` URL and `args`; it must exit 0 printing `ok`.
+async fn run(script: &'static str, gateway: &TestGateway, args: &[&str]) {
     let base_url = format!("{}/v1", gateway.url);
-    let (chat_model, embedding_model) = (chat_model.to_owned(), embedding_model.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let output = tokio::task::spawn_blocking(move || {
         let (python, path) = python();
         let mut command = Command::new(python);
         if let Some(path) = path {
             command.env("PYTHONPATH", path);
         }
-        command
-            .arg("tests/sdk/openai_sdk_check.py")
-            .args([&base_url, &chat_model, &embedding_model, super::TEST_KEY])
-            .output()
+        command.arg(script).arg(&base_url).args(&args).output()
     })
     .await
     .unwrap()
     .expect("python runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK check failed:\n{stderr}");
+    assert!(output.status.success(), "{script} failed:\n{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok"));
 }

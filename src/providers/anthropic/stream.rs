@@ -240,6 +240,7 @@ fn start_block<'a>(
                         name: Some(name),
                         arguments: Some(""),
                     },
+                    extra_content: None,
                 }]),
                 ..Delta::default()
             };
@@ -272,6 +273,7 @@ fn block_delta(kind: BlockKind, delta: &BlockDelta) -> Option<Delta<'_>> {
                     name: None,
                     arguments: Some(partial_json),
                 },
+                extra_content: None,
             }]),
             ..Delta::default()
         }),

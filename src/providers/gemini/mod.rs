@@ -1,13 +1,16 @@
 //! The `gemini` adapter: OpenAI chat completions and embeddings over Google's Generative
 //! Language API. The rules are in docs/providers.md; `request.rs` translates requests,
-//! `response.rs` answers, `stream.rs` streams. The key travels in `x-goog-api-key`, never
-//! in the URL, so it cannot reach a log line.
+//! `response.rs` answers, `stream.rs` streams; this module calls the API, reads its error
+//! bodies, and owns the OpenAI-side shape of a thought signature, which all three share.
+//! The key travels in `x-goog-api-key`, never in the URL, so it cannot reach a log line.
 
 mod request;
 mod response;
+mod schema;
 pub mod stream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -19,8 +22,9 @@ use super::http_client::HttpClient;
 use super::stream::UpstreamStream;
 use super::translate::ParamPolicy;
 use super::transport::Transport;
-use super::upstream_error::{self, ErrorParts, error_type_for_status};
+use super::upstream_error::{self, ErrorParts, error_type_for_status, seconds};
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
+use crate::api::chat::ToolCall;
 use crate::api::embeddings::EmbeddingInput;
 use crate::api::reply::{JsonReply, Reply};
 use crate::config::schema::{ProviderConfig, ProviderKind};
@@ -198,8 +202,8 @@ struct BatchEmbeddings {
     embeddings: Vec<Values>,
 }
 
-/// `{"error": {"code", "message", "status"}}`: the type from the HTTP status, the code is
-/// Gemini's status name.
+/// `{"error": {"code", "message", "status", "details"}}`: the type from the HTTP status, the
+/// code is Gemini's status name, the retry delay its `RetryInfo` detail's.
 fn error_body(body: &[u8]) -> Option<ErrorParts> {
     #[derive(Deserialize)]
     struct Envelope {
@@ -217,7 +221,8 @@ impl NativeError {
             message: self.message,
             error_type: status.map(|s| error_type_for_status(s).to_owned()),
             code: self.status,
-            ..ErrorParts::default()
+            param: None,
+            retry_after: retry_delay(&self.details),
         }
     }
 }
@@ -228,6 +233,35 @@ fn error_kind(message: Option<&str>) -> Option<UpstreamKind> {
     message
         .contains("exceeds the maximum number of tokens")
         .then_some(UpstreamKind::ContextWindowExceeded)
+}
+
+/// A part's `thoughtSignature` as the client sees it on the tool call, where Google's own
+/// OpenAI-compatible endpoint puts it: `"extra_content": {"google": {"thought_signature"}}`.
+fn extra_content(signature: &str) -> Value {
+    json!({"google": {"thought_signature": signature}})
+}
+
+/// The thought signature a tool call the client sends back carries (see `extra_content`).
+fn thought_signature(call: &ToolCall) -> Option<&str> {
+    call.extra
+        .get("extra_content")?
+        .get("google")?
+        .get("thought_signature")?
+        .as_str()
+}
+
+const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// The `retryDelay` of a `RetryInfo` detail: a protobuf `Duration` in its JSON form, seconds
+/// with up to nine decimals and an `s` (`"31s"`, `"1.5s"`, `"0.750s"`).
+fn retry_delay(details: &[Value]) -> Option<Duration> {
+    details
+        .iter()
+        .filter(|detail| detail["@type"] == RETRY_INFO)
+        .find_map(|detail| {
+            let delay = detail["retryDelay"].as_str()?.strip_suffix('s')?;
+            seconds(delay.parse().ok()?)
+        })
 }
 
 /// An error event inside a stream, with the status its code gives.
@@ -245,4 +279,41 @@ fn stream_error(provider: &str, error: NativeError) -> GatewayError {
         parts,
         "the provider failed mid-stream".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate_limited(delay: &str) -> Vec<u8> {
+        format!(
+            r#"{{"error":{{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED","details":[{{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[]}},{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}]}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn retry_info_gives_the_retry_delay() {
+        for (delay, expected) in [("31s", 31_000), ("1.5s", 1_500), ("0.750s", 750)] {
+            let parts = error_body(&rate_limited(delay)).unwrap();
+            assert_eq!(
+                parts.retry_after,
+                Some(Duration::from_millis(expected)),
+                "{delay}"
+            );
+            assert_eq!(parts.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
+            assert_eq!(parts.error_type.as_deref(), Some("rate_limit_error"));
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_retry_delay_gives_none() {
+        for delay in ["31", "soon", "-1s", "1e300s"] {
+            let parts = error_body(&rate_limited(delay)).unwrap();
+            assert_eq!(parts.retry_after, None, "{delay}");
+        }
+        let body =
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(error_body(body).unwrap().retry_after, None);
+    }
 }

@@ -1,10 +1,12 @@
-//! OpenAI chat request → Gemini `generateContent` request (docs/providers.md, "gemini").
+//! OpenAI chat request → Gemini `generateContent` request (docs/providers.md, "gemini");
+//! tool and response schemas go through `schema.rs`.
 
 use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::api::chat::{ChatRequest, ContentPart, Message, MessageContent, Role};
+use super::{schema, thought_signature};
+use crate::api::chat::{ChatRequest, ContentPart, Message, MessageContent, Role, Tool};
 use crate::error::GatewayError;
 use crate::providers::translate::{self, ParamPolicy};
 
@@ -31,19 +33,11 @@ pub fn translate(request: &ChatRequest, policy: &ParamPolicy) -> Result<Value, G
         body.insert("generationConfig".into(), Value::Object(config));
     }
     if let Some(tools) = &request.tools {
-        let declarations: Vec<Value> = tools
+        let declarations = tools
             .iter()
-            .map(|tool| {
-                let mut declaration = json!({"name": tool.function.name});
-                if let Some(description) = &tool.function.description {
-                    declaration["description"] = json!(description);
-                }
-                if let Some(parameters) = &tool.function.parameters {
-                    declaration["parameters"] = parameters.clone();
-                }
-                declaration
-            })
-            .collect();
+            .enumerate()
+            .map(|(i, tool)| declaration(i, tool))
+            .collect::<Result<Vec<_>, _>>()?;
         body.insert(
             "tools".into(),
             json!([{"functionDeclarations": declarations}]),
@@ -56,6 +50,21 @@ pub fn translate(request: &ChatRequest, policy: &ParamPolicy) -> Result<Value, G
         );
     }
     Ok(Value::Object(body))
+}
+
+/// A tool's `functionDeclarations` entry, its parameters in Gemini's schema subset.
+fn declaration(index: usize, tool: &Tool) -> Result<Value, GatewayError> {
+    let function = &tool.function;
+    let mut declaration = json!({"name": function.name});
+    if let Some(description) = &function.description {
+        declaration["description"] = json!(description);
+    }
+    if let Some(parameters) = &function.parameters {
+        let param = format!("tools[{index}].function.parameters");
+        let subject = format!("tool '{}'", function.name);
+        declaration["parameters"] = schema::convert(parameters, &param, &subject)?;
+    }
+    Ok(declaration)
 }
 
 fn generation_config(request: &ChatRequest) -> Result<Map<String, Value>, GatewayError> {
@@ -93,14 +102,8 @@ fn generation_config(request: &ChatRequest) -> Result<Map<String, Value>, Gatewa
             Some("text") => {}
             Some("json_object") => set("responseMimeType", Some(json!("application/json"))),
             Some("json_schema") => {
-                let schema = format
-                    .get("json_schema")
-                    .and_then(|s| s.get("schema"))
-                    .cloned();
-                let schema = schema
-                    .ok_or_else(|| invalid("response_format", "json_schema needs a schema"))?;
                 set("responseMimeType", Some(json!("application/json")));
-                set("responseSchema", Some(schema));
+                set("responseSchema", Some(response_schema(format)?));
             }
             _ => {
                 return Err(invalid(
@@ -111,6 +114,17 @@ fn generation_config(request: &ChatRequest) -> Result<Map<String, Value>, Gatewa
         }
     }
     Ok(config)
+}
+
+/// `response_format.json_schema.schema` in Gemini's schema subset.
+fn response_schema(format: &Value) -> Result<Value, GatewayError> {
+    let json_schema = &format["json_schema"];
+    let schema = json_schema
+        .get("schema")
+        .ok_or_else(|| invalid("response_format", "json_schema needs a schema"))?;
+    let name = json_schema["name"].as_str().unwrap_or("json_schema");
+    let subject = format!("response_format '{name}'");
+    schema::convert(schema, "response_format.json_schema.schema", &subject)
 }
 
 fn tool_choice(choice: &Value) -> Result<Value, GatewayError> {
@@ -237,7 +251,11 @@ fn model_parts(message: &Message, param: &str) -> Result<Vec<Value>, GatewayErro
         let args = translate::arguments(&call.function.arguments, || {
             format!("{param}.tool_calls[{i}].function.arguments")
         })?;
-        parts.push(json!({"functionCall": {"name": call.function.name, "args": args}}));
+        let mut part = json!({"functionCall": {"name": call.function.name, "args": args}});
+        if let Some(signature) = thought_signature(call) {
+            part["thoughtSignature"] = json!(signature);
+        }
+        parts.push(part);
     }
     Ok(parts)
 }

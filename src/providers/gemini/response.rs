@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::extra_content;
 use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, FinishReason, ToolCall};
 use crate::providers::translate::{compact, fnv1a};
 use crate::usage::{CompletionTokensDetails, PromptTokensDetails, Usage, UsageSource};
@@ -53,6 +54,9 @@ pub struct Part {
     pub thought: bool,
     #[serde(default)]
     pub function_call: Option<FunctionCall>,
+    /// Encrypted thinking context the next request must send back on the same part.
+    #[serde(default)]
+    pub thought_signature: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +116,9 @@ pub struct NativeError {
     pub message: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// `google.rpc` detail messages, each tagged by its `@type`.
+    #[serde(default)]
+    pub details: Vec<Value>,
 }
 
 /// A stable id for the function call at `part` of `candidate`: the same answer always
@@ -175,7 +182,12 @@ fn choice(candidate: Candidate, response_id: &str) -> Choice {
     for (index, part) in parts.into_iter().enumerate() {
         if let Some(call) = part.function_call {
             let id = tool_call_id(response_id, candidate.index, index);
-            tool_calls.push(ToolCall::function(id, call.name, compact(&call.args)));
+            let mut tool_call = ToolCall::function(id, call.name, compact(&call.args));
+            if let Some(signature) = &part.thought_signature {
+                let extra = extra_content(signature);
+                tool_call.extra.insert("extra_content".into(), extra);
+            }
+            tool_calls.push(tool_call);
         } else if let Some(part_text) = part.text {
             if part.thought {
                 &mut reasoning

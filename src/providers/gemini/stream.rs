@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::response::{Answer, Part, UsageMetadata, finish_reason, tool_call_id};
-use super::stream_error;
+use super::{extra_content, stream_error};
 use crate::api::chat::{Delta, FinishReason, FunctionDelta, ToolCallDelta};
 use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::error::GatewayError;
@@ -152,6 +152,7 @@ fn part_chunk(
                     name: Some(&call.name),
                     arguments: Some(&arguments),
                 },
+                extra_content: part.thought_signature.as_deref().map(extra_content),
             }]),
             ..Delta::default()
         };
