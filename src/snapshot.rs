@@ -8,6 +8,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use crate::auth::KeyTable;
+use crate::config::provider::ProviderSettings;
 use crate::config::schema::{
     AdminConfig, AuthConfig, HealthCheckConfig, LimitsSettings, ModelTimeouts, ProviderConfig,
     ProviderKind, ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
@@ -223,11 +224,18 @@ fn build_provider(
     shared: &Shared,
 ) -> Result<ProviderEntry, String> {
     let name: Arc<str> = Arc::from(name);
-    let adapter = providers::build(&name, config, &shared.http)?;
-    let unusable = match &config.api_key {
-        Some(key) if key.is_empty() => Some("has an empty api_key".to_owned()),
-        _ => None,
-    };
+    let settings = ProviderSettings::of(config).map_err(|foreign| {
+        let keys: Vec<String> = foreign
+            .iter()
+            .map(|f| format!("{}: {}", f.key, f.message))
+            .collect();
+        keys.join("; ")
+    })?;
+    let adapter = providers::build(&name, &settings, config.timeouts.connect, &shared.http)?;
+    let api_key = settings.http().and_then(|http| http.api_key.as_ref());
+    let unusable = api_key
+        .filter(|key| key.is_empty())
+        .map(|_| "has an empty api_key".to_owned());
     Ok(ProviderEntry {
         name,
         kind: config.kind,
@@ -235,6 +243,6 @@ fn build_provider(
         timeouts: config.timeouts,
         health_check: config.health_check,
         unusable,
-        base_url: providers::base_url(config),
+        base_url: providers::base_url(&settings),
     })
 }

@@ -3,7 +3,9 @@
 //! both go through [`load`], so a config that starts is exactly a config that reloads.
 
 mod interpolate;
+pub mod provider;
 pub mod schema;
+pub mod secret;
 pub mod validate;
 
 use std::fmt;
@@ -166,7 +168,7 @@ mod tests {
         let config = parse(EMBEDDED_DEFAULT, no_env).expect("embedded default config");
         assert!(config.models.contains_key("mock"));
         // Without OPENAI_API_KEY the key is present but empty: the provider is unusable.
-        assert_eq!(config.providers["openai"].api_key.as_deref(), Some(""));
+        assert_eq!(config.providers["openai"].api_key, Some(Default::default()));
     }
 
     #[test]

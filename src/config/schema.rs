@@ -12,6 +12,8 @@ use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use super::secret::Secret;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -141,7 +143,7 @@ impl Default for BreakerSettings {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Lower-case hex SHA-256 of the admin key (`switchyard new-key`, then `hash-key`).
-    pub key_sha256: String,
+    pub key_sha256: Secret,
     /// Address of the admin listener, for example 127.0.0.1:8081. [restart]
     #[serde(default)]
     pub listen: Option<SocketAddr>,
@@ -397,6 +399,9 @@ pub enum UnsupportedParams {
     Drop,
 }
 
+/// A provider as written: one flat shape for every kind, so serde reports an unknown or
+/// mistyped key with its full path and line. What it means for its kind, once validated,
+/// is [`super::provider::ProviderSettings`]: adapters only ever see that.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
@@ -407,8 +412,8 @@ pub struct ProviderConfig {
     /// Sent as `Authorization: Bearer <key>`. Present but empty (or null, which is what an
     /// unset `${VAR:-}` leaves behind) means "not configured": the provider is then
     /// unusable until the key is set. Absent means the server needs no key.
-    #[serde(default, deserialize_with = "present_string")]
-    pub api_key: Option<String>,
+    #[serde(default, deserialize_with = "present_secret")]
+    pub api_key: Option<Secret>,
     /// Extra headers sent with every upstream request.
     #[serde(default)]
     pub headers: IndexMap<String, String>,
@@ -516,8 +521,8 @@ pub struct MockFault {
 }
 
 /// A key that is present always yields `Some`, with `null` read as an empty string.
-fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(Some(Option::<String>::deserialize(d)?.unwrap_or_default()))
+fn present_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Some(Option::<Secret>::deserialize(d)?.unwrap_or_default()))
 }
 
 fn always() -> f64 {

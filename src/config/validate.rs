@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 
 use super::ConfigError;
+use super::provider::ProviderSettings;
 use super::schema::{
     AdminConfig, BudgetConfig, KeyConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig,
     ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
@@ -86,8 +87,8 @@ fn validate_auth(config: &RawConfig, errors: &mut Errors) {
 }
 
 fn validate_admin(admin: &AdminConfig, errors: &mut Errors) {
-    let hex =
-        admin.key_sha256.len() == 64 && admin.key_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+    let hash = admin.key_sha256.expose();
+    let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex {
         errors.push(
             "admin.key_sha256",
@@ -261,45 +262,12 @@ fn validate_provider(path: &str, name: &str, provider: &ProviderConfig, errors: 
         &format!("{path}.timeouts.stream_idle"),
         timeouts.stream_idle,
     );
-    match provider.kind {
-        ProviderKind::Mock => validate_mock_provider(path, provider, errors),
-        _ => validate_http_provider(path, provider, errors),
-    }
-    validate_kind_keys(path, provider, errors);
-}
-
-/// Keys that only mean something for one kind of provider.
-fn validate_kind_keys(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
-    use ProviderKind::{Anthropic, Azure, Gemini};
-    let kind = provider.kind;
-    let keys: [(&str, bool, &[ProviderKind]); 4] = [
-        (
-            "anthropic_version",
-            provider.anthropic_version.is_some(),
-            &[Anthropic],
-        ),
-        (
-            "default_max_tokens",
-            provider.default_max_tokens.is_some(),
-            &[Anthropic],
-        ),
-        ("api_version", provider.api_version.is_some(), &[Azure]),
-        (
-            "unsupported_params",
-            provider.unsupported_params.is_some(),
-            &[Anthropic, Gemini],
-        ),
-    ];
-    for (key, present, kinds) in keys {
-        if present && !kinds.contains(&kind) {
-            let allowed: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            errors.push(
-                format!("{path}.{key}"),
-                format!("only used by providers of kind {}", allowed.join(" or ")),
-            );
+    if let Err(foreign) = ProviderSettings::of(provider) {
+        for key in foreign {
+            errors.push(format!("{path}.{}", key.key), key.message);
         }
     }
-    if kind == Azure && provider.base_url.is_none() {
+    if provider.kind == ProviderKind::Azure && provider.base_url.is_none() {
         errors.push(
             format!("{path}.base_url"),
             "expected the Azure resource endpoint, such as https://NAME.openai.azure.com",
@@ -311,15 +279,15 @@ fn validate_kind_keys(path: &str, provider: &ProviderConfig, errors: &mut Errors
             "expected a number above zero",
         );
     }
+    validate_http_keys(path, provider, errors);
+    let faults = provider.mock.iter().flat_map(|m| m.faults.iter());
+    for (index, fault) in faults.enumerate() {
+        validate_fault(&format!("{path}.mock.faults[{index}]"), fault, errors);
+    }
 }
 
-fn validate_http_provider(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
-    if provider.mock.is_some() {
-        errors.push(
-            format!("{path}.mock"),
-            "only allowed for providers of kind mock",
-        );
-    }
+/// The base URL and the extra headers, when written.
+fn validate_http_keys(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
     if let Some(url) = &provider.base_url {
         match url.parse::<http::Uri>() {
             Ok(uri)
@@ -351,26 +319,6 @@ fn validate_http_provider(path: &str, provider: &ProviderConfig, errors: &mut Er
             Ok(_) => {}
             Err(_) => errors.push(key_path, "expected a valid HTTP header name"),
         }
-    }
-}
-
-fn validate_mock_provider(path: &str, provider: &ProviderConfig, errors: &mut Errors) {
-    let not_for_mock = [
-        ("base_url", provider.base_url.is_some()),
-        ("api_key", provider.api_key.is_some()),
-        ("headers", !provider.headers.is_empty()),
-    ];
-    for (key, present) in not_for_mock {
-        if present {
-            errors.push(
-                format!("{path}.{key}"),
-                "not used by providers of kind mock",
-            );
-        }
-    }
-    let faults = provider.mock.iter().flat_map(|m| m.faults.iter());
-    for (index, fault) in faults.enumerate() {
-        validate_fault(&format!("{path}.mock.faults[{index}]"), fault, errors);
     }
 }
 

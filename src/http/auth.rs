@@ -136,7 +136,7 @@ fn admit_admin(
             method: request.method().to_string(),
             path: request.uri().path().to_owned(),
         })?;
-    if !auth::presents(request.headers(), &admin.key_sha256) {
+    if !auth::presents(request.headers(), admin.key_sha256.expose()) {
         return Err(GatewayError::AdminKeyRequired);
     }
     Ok(())

@@ -17,13 +17,14 @@ mod transport;
 mod upstream_error;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::reply::{JsonReply, Reply};
-use crate::config::schema::{ProviderConfig, ProviderKind};
+use crate::config::provider::ProviderSettings;
 use crate::error::GatewayError;
 use http_client::HttpClients;
 
@@ -71,34 +72,44 @@ pub trait Provider: Send + Sync {
     ) -> BoxFuture<'a, Result<JsonReply, GatewayError>>;
 }
 
-/// Builds the adapter for one configured provider.
+/// Builds the adapter for one configured provider; its HTTP client connects within
+/// `connect`.
 pub fn build(
     name: &Arc<str>,
-    config: &ProviderConfig,
+    settings: &ProviderSettings,
+    connect: Duration,
     clients: &HttpClients,
 ) -> Result<Arc<dyn Provider>, String> {
-    if config.kind == ProviderKind::Mock {
-        let mock = config.mock.clone().unwrap_or_default();
-        return Ok(Arc::new(mock::Mock::new(name.clone(), mock)));
-    }
-    let client = clients.get(config.timeouts.connect)?;
     let name = name.clone();
-    Ok(match config.kind {
-        ProviderKind::Openai | ProviderKind::Azure => {
-            Arc::new(openai::OpenAi::new(name, config, client)?)
+    Ok(match settings {
+        ProviderSettings::Mock(mock) => Arc::new(mock::Mock::new(name, mock.clone())),
+        ProviderSettings::Openai(http) => Arc::new(openai::OpenAi::compatible(
+            name,
+            http,
+            clients.get(connect)?,
+        )?),
+        ProviderSettings::Azure(azure) => {
+            Arc::new(openai::OpenAi::azure(name, azure, clients.get(connect)?)?)
         }
-        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(name, config, client)?),
-        ProviderKind::Gemini => Arc::new(gemini::Gemini::new(name, config, client)?),
-        ProviderKind::Mock => unreachable!(),
+        ProviderSettings::Anthropic(anthropic) => Arc::new(anthropic::Anthropic::new(
+            name,
+            anthropic,
+            clients.get(connect)?,
+        )?),
+        ProviderSettings::Gemini(gemini) => {
+            Arc::new(gemini::Gemini::new(name, gemini, clients.get(connect)?)?)
+        }
     })
 }
 
 /// Where a provider sends requests, for humans (`check-config`).
-pub fn base_url(config: &ProviderConfig) -> Option<String> {
-    match config.kind {
-        ProviderKind::Openai | ProviderKind::Azure => Some(openai::base_url(config).to_owned()),
-        ProviderKind::Anthropic => Some(anthropic::base_url(config).to_owned()),
-        ProviderKind::Gemini => Some(gemini::base_url(config).to_owned()),
-        ProviderKind::Mock => None,
-    }
+pub fn base_url(settings: &ProviderSettings) -> Option<String> {
+    let url = match settings {
+        ProviderSettings::Openai(http) => openai::base_url(http),
+        ProviderSettings::Azure(azure) => openai::base_url(&azure.http),
+        ProviderSettings::Anthropic(anthropic) => anthropic::base_url(&anthropic.http),
+        ProviderSettings::Gemini(gemini) => gemini::base_url(&gemini.http),
+        ProviderSettings::Mock(_) => return None,
+    };
+    Some(url.to_owned())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
+use http::{HeaderMap, HeaderName, Uri, header};
 use serde::Serialize;
 
 use super::http_client::HttpClient;
@@ -25,15 +25,14 @@ use crate::api::chat::{ChatRequest, StreamOptions};
 use crate::api::chunk::Chunk;
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::reply::{JsonReply, Reply};
-use crate::config::schema::{ProviderConfig, ProviderKind};
+use crate::config::provider::{AzureSettings, HttpSettings};
 use crate::error::GatewayError;
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
-pub fn base_url(config: &ProviderConfig) -> &str {
-    config
-        .base_url
+pub fn base_url(http: &HttpSettings) -> &str {
+    http.base_url
         .as_deref()
         .unwrap_or(DEFAULT_BASE_URL)
         .trim_end_matches('/')
@@ -79,30 +78,46 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(
+    /// OpenAI, or any server that speaks its API: `Authorization: Bearer <key>`.
+    pub fn compatible(
         name: Arc<str>,
-        config: &ProviderConfig,
+        http: &HttpSettings,
         client: HttpClient,
     ) -> Result<Self, String> {
-        let base = base_url(config);
-        let endpoints = match config.kind {
-            ProviderKind::Azure => Endpoints::Azure {
-                base: base.to_owned(),
-                api_version: config
-                    .api_version
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_owned()),
-            },
-            _ => Endpoints::Fixed {
-                chat: transport::join(base, "chat/completions")?,
-                embeddings: transport::join(base, "embeddings")?,
-            },
+        let base = base_url(http);
+        let endpoints = Endpoints::Fixed {
+            chat: transport::join(base, "chat/completions")?,
+            embeddings: transport::join(base, "embeddings")?,
         };
-        let headers = outbound_headers(config)?;
-        Ok(Self {
+        let headers =
+            transport::headers(http, |key| (header::AUTHORIZATION, format!("Bearer {key}")))?;
+        Ok(Self::with(name, endpoints, headers, client))
+    }
+
+    /// Azure OpenAI: URLs per deployment, the key in `api-key`.
+    pub fn azure(
+        name: Arc<str>,
+        azure: &AzureSettings,
+        client: HttpClient,
+    ) -> Result<Self, String> {
+        let endpoints = Endpoints::Azure {
+            base: base_url(&azure.http).to_owned(),
+            api_version: azure
+                .api_version
+                .clone()
+                .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_owned()),
+        };
+        let headers = transport::headers(&azure.http, |key| {
+            (HeaderName::from_static("api-key"), key.to_owned())
+        })?;
+        Ok(Self::with(name, endpoints, headers, client))
+    }
+
+    fn with(name: Arc<str>, endpoints: Endpoints, headers: HeaderMap, client: HttpClient) -> Self {
+        Self {
             transport: Transport::new(name, client, headers, openai_error),
             endpoints,
-        })
+        }
     }
 
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
@@ -146,42 +161,6 @@ impl Provider for OpenAi {
     ) -> BoxFuture<'a, Result<JsonReply, GatewayError>> {
         self.embeddings_call(call).boxed()
     }
-}
-
-/// Credentials (`Authorization: Bearer`, or Azure's `api-key`) and configured headers.
-fn outbound_headers(config: &ProviderConfig) -> Result<HeaderMap, String> {
-    let key = config.api_key.as_deref().filter(|k| !k.is_empty());
-    let credential = key.map(|key| match config.kind {
-        ProviderKind::Azure => (HeaderName::from_static("api-key"), key.to_owned()),
-        _ => (header::AUTHORIZATION, format!("Bearer {key}")),
-    });
-    json_headers(credential, &config.headers)
-}
-
-/// `content-type: application/json`, the credential header (marked sensitive, so it never
-/// shows in debug output) and the configured extra headers.
-pub fn json_headers(
-    credential: Option<(HeaderName, String)>,
-    extra: &indexmap::IndexMap<String, String>,
-) -> Result<HeaderMap, String> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some((name, value)) = credential {
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| "api_key contains characters not allowed in a header".to_owned())?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    for (name, value) in extra {
-        // Validation has checked both.
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
-        headers.insert(name, value);
-    }
-    Ok(headers)
 }
 
 /// The JSON body sent upstream for a chat call.

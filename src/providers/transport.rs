@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::http_client::HttpClient;
 use super::upstream_error::{self, ErrorParser};
+use crate::config::provider::HttpSettings;
 use crate::error::GatewayError;
 use crate::headers::REQUEST_ID;
 
@@ -124,6 +125,35 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The headers of every request to a provider, built once: `content-type:
+/// application/json`, the credential `credential` writes for the provider's key (marked
+/// sensitive, so it never shows in debug output; none for an empty key) and the configured
+/// extra headers.
+pub fn headers(
+    http: &HttpSettings,
+    credential: impl FnOnce(&str) -> (HeaderName, String),
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let key = http.api_key.as_ref().filter(|key| !key.is_empty());
+    if let Some((name, value)) = key.map(|key| credential(key.expose())) {
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| "api_key contains characters not allowed in a header".to_owned())?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    for (name, value) in &http.headers {
+        // Validation has checked both.
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// `base` + `/` + `path` as a URI, at config time.

@@ -21,7 +21,8 @@ use super::upstream_error::{self, ErrorParts};
 use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::FinishReason;
 use crate::api::reply::{JsonReply, Reply};
-use crate::config::schema::{ProviderConfig, ProviderKind};
+use crate::config::provider::{AnthropicSettings, HttpSettings};
+use crate::config::schema::ProviderKind;
 use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::{PromptTokensDetails, Usage, UsageSource};
 use stream::StreamTranslator;
@@ -32,8 +33,8 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The forced tool that carries a `response_format` answer.
 const JSON_TOOL: &str = "json_response";
 
-pub fn base_url(config: &ProviderConfig) -> &str {
-    config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)
+pub fn base_url(http: &HttpSettings) -> &str {
+    http.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL)
 }
 
 pub struct Anthropic {
@@ -46,28 +47,25 @@ pub struct Anthropic {
 impl Anthropic {
     pub fn new(
         name: Arc<str>,
-        config: &ProviderConfig,
+        settings: &AnthropicSettings,
         client: HttpClient,
     ) -> Result<Self, String> {
-        let version = config
-            .anthropic_version
-            .as_deref()
-            .unwrap_or(DEFAULT_VERSION);
-        let key = config.api_key.clone().filter(|k| !k.is_empty());
-        let credential = key.map(|key| (HeaderName::from_static("x-api-key"), key));
-        let mut headers = super::openai::json_headers(credential, &config.headers)?;
+        let version = settings.version.as_deref().unwrap_or(DEFAULT_VERSION);
+        let mut headers = transport::headers(&settings.http, |key| {
+            (HeaderName::from_static("x-api-key"), key.to_owned())
+        })?;
         let version = HeaderValue::from_str(version)
             .map_err(|_| "anthropic_version is not a valid header value".to_owned())?;
         headers.insert(HeaderName::from_static("anthropic-version"), version);
         Ok(Self {
-            messages_uri: transport::join(base_url(config), "messages")?,
+            messages_uri: transport::join(base_url(&settings.http), "messages")?,
             policy: ParamPolicy {
                 provider: name.clone(),
                 kind: ProviderKind::Anthropic,
-                unsupported: config.unsupported_params.unwrap_or_default(),
+                unsupported: settings.unsupported_params,
             },
             transport: Transport::new(name, client, headers, error_body),
-            default_max_tokens: config.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            default_max_tokens: settings.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         })
     }
 

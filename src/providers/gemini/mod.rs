@@ -21,13 +21,14 @@ use serde_json::{Value, json};
 use super::http_client::HttpClient;
 use super::stream::UpstreamStream;
 use super::translate::ParamPolicy;
-use super::transport::Transport;
+use super::transport::{self, Transport};
 use super::upstream_error::{self, ErrorParts, error_type_for_status, seconds};
 use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
 use crate::api::chat::ToolCall;
 use crate::api::embeddings::EmbeddingInput;
 use crate::api::reply::{JsonReply, Reply};
-use crate::config::schema::{ProviderConfig, ProviderKind};
+use crate::config::provider::{GeminiSettings, HttpSettings};
+use crate::config::schema::ProviderKind;
 use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::UsageSource;
 use response::NativeError;
@@ -35,9 +36,8 @@ use stream::StreamTranslator;
 
 const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
-pub fn base_url(config: &ProviderConfig) -> &str {
-    config
-        .base_url
+pub fn base_url(http: &HttpSettings) -> &str {
+    http.base_url
         .as_deref()
         .unwrap_or(DEFAULT_BASE_URL)
         .trim_end_matches('/')
@@ -52,18 +52,18 @@ pub struct Gemini {
 impl Gemini {
     pub fn new(
         name: Arc<str>,
-        config: &ProviderConfig,
+        settings: &GeminiSettings,
         client: HttpClient,
     ) -> Result<Self, String> {
-        let key = config.api_key.clone().filter(|k| !k.is_empty());
-        let credential = key.map(|key| (HeaderName::from_static("x-goog-api-key"), key));
-        let headers = super::openai::json_headers(credential, &config.headers)?;
+        let headers = transport::headers(&settings.http, |key| {
+            (HeaderName::from_static("x-goog-api-key"), key.to_owned())
+        })?;
         Ok(Self {
-            base_url: base_url(config).to_owned(),
+            base_url: base_url(&settings.http).to_owned(),
             policy: ParamPolicy {
                 provider: name.clone(),
                 kind: ProviderKind::Gemini,
-                unsupported: config.unsupported_params.unwrap_or_default(),
+                unsupported: settings.unsupported_params,
             },
             transport: Transport::new(name, client, headers, error_body),
         })
