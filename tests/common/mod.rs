@@ -1,5 +1,10 @@
 //! Shared test support: a gateway started from a config file in a temp dir on
-//! 127.0.0.1:0, an emulated upstream, an SSE reader and log capture.
+//! 127.0.0.1:0, an emulated upstream, an SSE reader, log capture, and the hang guard that
+//! bounds every wait.
+//!
+//! Integration tests assert what happened, never how long it took: a timing is proven by
+//! paused-time unit tests in `src/`. The only time limit here is [`HANG`], which catches a
+//! test that would otherwise wait forever.
 
 #![allow(
     dead_code,
@@ -9,10 +14,12 @@
 pub mod native;
 pub mod process;
 pub mod redis;
+pub mod scenario;
 pub mod sdk;
 pub mod upstream;
 
 use std::cell::RefCell;
+use std::fmt::Display;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,6 +35,34 @@ use tracing::Level;
 use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
+
+/// The hang guard: how long a test waits for anything (an answer, a stream's end, an
+/// eventual state) before it fails as hung. Generous on purpose: it says nothing about how
+/// fast the gateway is, only that it does not wait forever.
+pub const HANG: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test as hung (naming `what`) if it takes longer than
+/// [`HANG`].
+pub async fn hang_guard<T>(what: impl Display, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("hung: {what} (nothing after {HANG:?})"),
+    }
+}
+
+/// Polls `check` (every 20 ms) until it returns a value, for a state that comes about
+/// eventually; fails the test as hung (naming `what`) after [`HANG`].
+pub async fn eventually<T>(what: impl Display, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    hang_guard(&what, async {
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
 
 /// The key the upstream expects from the gateway; clients never send it.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
@@ -278,15 +313,11 @@ impl Logs {
             .map(|v| v["fields"].clone())
     }
 
-    /// Waits (up to 2 s) for a request's access line: streams log when they end.
+    /// Waits for a request's access line: a request logs when it is over (a stream when
+    /// it ends).
     pub async fn wait_access(&self, request_id: &str) -> Value {
-        for _ in 0..200 {
-            if let Some(line) = self.access(request_id) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no access log line for {request_id}:\n{}", self.text());
+        let what = format!("the access log line of {request_id}");
+        eventually(what, async || self.access(request_id)).await
     }
 }
 
