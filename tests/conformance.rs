@@ -101,7 +101,7 @@ async fn suite(dir: &str, kind: &str, base_path: &str, cases: &[&str]) {
         )
     };
     // One attempt: the cases check how each answer (errors included) is translated, not
-    // how the gateway survives them (tests/resilience.rs).
+    // how the gateway survives them (tests/retries.rs, tests/fallbacks.rs, ...).
     let config = format!(
         "providers:\n  under-test:\n{provider}models:\n  test-model:\n    targets: [{{provider: under-test, model: upstream-model}}]\nresilience: {{max_attempts: 1}}\n"
     );

@@ -227,7 +227,7 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     assert_eq!(last["error"]["request_id"], id.as_str());
 
     // Malformed JSON in one event, after the answer started (before it, the attempt is
-    // retried: tests/resilience.rs).
+    // retried: tests/stream_failover.rs).
     let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
         data: vec![
             upstream::chunks("m", &["ok"], false)[0].clone(),
