@@ -15,24 +15,12 @@ use switchyard::auth::{hash_key, hex};
 const ALICE: &str = "sk-sy-alice-limits-0123456789ab";
 const BOB: &str = "sk-sy-bob-limits-0123456789abcd";
 
-/// A mock that answers after `latency`, priced at $1 per 1k prompt tokens and $2 per 1k
-/// completion tokens, with `keys` (YAML lines under `auth.keys`) and `teams`.
+/// The priced echo model answering after `latency` ([`common::echo_config`]), with `keys`
+/// (YAML lines under `auth.keys`) and `teams`.
 fn config(latency: &str, keys: &str, teams: &str) -> String {
     format!(
-        r#"
-providers:
-  mock: {{kind: mock, mock: {{latency: {latency}, chunk_interval: 5ms}}}}
-models:
-  echo: {{targets: [{{provider: mock, model: echo-upstream}}]}}
-pricing:
-  models:
-    echo-upstream: {{input: 1000, output: 2000}}
-auth:
-  teams:
-{teams}
-  keys:
-{keys}
-"#
+        "{}auth:\n  teams:\n{teams}\n  keys:\n{keys}\n",
+        common::echo_config(latency, "5ms")
     )
 }
 
@@ -115,12 +103,8 @@ async fn tokens_are_reserved_before_the_call_and_unused_ones_refunded() {
     assert_eq!(statuses, [200, 200, 429], "never over-admitted");
     let refused = [a, b, c].into_iter().find(|r| r.status() == 429).unwrap();
     let error: Value = refused.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tokens per minute")
-    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tokens per minute"), "{message}");
 
     // Both answers used ~10 tokens each: the rest of their reservations came back.
     let response = ask(&gateway, ALICE, hello(400)).await;
@@ -174,12 +158,8 @@ async fn requests_in_flight_are_capped() {
     assert_eq!(first.status(), 200);
     assert_eq!(second.status(), 429);
     let error: Value = second.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("in flight")
-    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("in flight"), "{message}");
     assert_eq!(
         ask(&gateway, ALICE, hello(5)).await.status(),
         200,
@@ -205,12 +185,8 @@ async fn budgets_are_reserved_at_the_worst_case_and_refuse_when_spent() {
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], "insufficient_quota");
         assert_eq!(error["error"]["type"], "insufficient_quota");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("total budget")
-        );
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("total budget"), "{message}");
         break;
     }
     // Charged at real cost, not at the reservation: more requests fit than $0.05 / $0.027.

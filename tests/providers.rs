@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::native::{self, Gate};
 use common::upstream::{self, Behavior, Upstream};
 use common::{SseReader, TestGateway};
@@ -52,7 +50,8 @@ async fn a_translated_chunk_reaches_the_client_before_the_provider_sends_the_nex
     let mut reader = SseReader::new(gateway.chat(&request).await);
     // The emulator holds everything after the first text delta until the gate opens: the
     // client must see that delta first, or the gateway is buffering.
-    let first_content = tokio::time::timeout(Duration::from_secs(2), async {
+    let relayed = "the first content chunk, relayed while the provider waits";
+    let first_content = common::hang_guard(relayed, async {
         loop {
             let event: Value = serde_json::from_str(&reader.next().await.unwrap()).unwrap();
             if let Some(text) = event["choices"][0]["delta"]["content"]
@@ -63,8 +62,7 @@ async fn a_translated_chunk_reaches_the_client_before_the_provider_sends_the_nex
             }
         }
     })
-    .await
-    .expect("the first content chunk is relayed while the provider waits");
+    .await;
     assert_eq!(first_content, "first ");
     gate.open();
     let rest = reader.all().await;

@@ -105,6 +105,32 @@ models:
     )
 }
 
+/// An upstream answering with `script`, and a gateway on [`config_for`] it.
+pub async fn gateway_for(
+    script: impl Fn(&upstream::Received) -> upstream::Behavior + Send + Sync + 'static,
+) -> (upstream::Upstream, TestGateway) {
+    let upstream = upstream::Upstream::start(script).await;
+    let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
+    (upstream, gateway)
+}
+
+/// `providers`, `models` and `pricing` for the model `echo`: the mock echoing the prompt
+/// (as `echo-upstream`) after `latency`, priced at $1 per 1k prompt tokens and $2 per 1k
+/// completion tokens.
+pub fn echo_config(latency: &str, chunk_interval: &str) -> String {
+    format!(
+        r#"
+providers:
+  mock: {{kind: mock, mock: {{latency: {latency}, chunk_interval: {chunk_interval}}}}}
+models:
+  echo: {{targets: [{{provider: mock, model: echo-upstream}}]}}
+pricing:
+  models:
+    echo-upstream: {{input: 1000, output: 2000}}
+"#
+    )
+}
+
 pub struct TestGateway {
     pub gateway: Gateway,
     pub url: String,
