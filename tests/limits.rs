@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SseReader, TestGateway};
+use common::{Logs, SseReader, TestGateway};
 use serde_json::{Value, json};
 use switchyard::auth::{hash_key, hex};
 
@@ -121,11 +121,13 @@ async fn tokens_are_reserved_before_the_call_and_unused_ones_refunded() {
 
 #[tokio::test]
 async fn a_streamed_answer_is_charged_its_real_usage() {
+    let (logs, _guard) = Logs::capture();
     let keys = key("alice", ALICE, "limits: {tpm: 10000}");
     let gateway = TestGateway::start(&config("0ms", &keys, "    {}")).await;
     let long = "word ".repeat(400);
     let stream = json!({"model": "echo", "stream": true, "max_tokens": 5000, "messages": [{"role": "user", "content": long}]});
     let response = ask(&gateway, ALICE, stream).await;
+    let id = common::request_id(&response);
     let reserved_left: u64 = header(&response, "x-ratelimit-remaining-tokens")
         .parse()
         .unwrap();
@@ -135,8 +137,9 @@ async fn a_streamed_answer_is_charged_its_real_usage() {
     );
     let events = SseReader::new(response).all().await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    // The echo used ~500 completion and ~500 prompt tokens, not 5000: the rest came back.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The echo used ~500 completion and ~500 prompt tokens, not 5000: the rest came back
+    // when the request was over (its record settles and writes the access line at once).
+    logs.wait_access(&id).await;
     let after = ask(&gateway, ALICE, hello(1)).await;
     let left: u64 = header(&after, "x-ratelimit-remaining-tokens")
         .parse()

@@ -300,9 +300,10 @@ async fn secrets_never_reach_the_logs() {
         .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "fail"}]}))
         .await;
     assert_eq!(rejected.status(), 401);
+    let id = common::request_id(&rejected);
     let body = rejected.text().await.unwrap();
     assert!(!body.contains(UPSTREAM_KEY), "{body}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    logs.wait_access(&id).await;
     let text = logs.text();
     assert!(
         text.contains("switchyard::access"),
