@@ -117,8 +117,9 @@ async fn suite(dir: &str, kind: &str, base_path: &str, cases: &[&str]) {
         )
     };
     // One attempt, and a breaker that never opens: the cases check how each answer (errors
-    // included) is translated, not how the gateway survives them (tests/resilience.rs), and
-    // a run of error cases must not open the circuit on the cases after them.
+    // included) is translated, not how the gateway survives them (tests/retries.rs,
+    // tests/fallbacks.rs, ...), and a run of error cases must not open the circuit on the
+    // cases after them.
     let config = format!(
         "providers:\n  under-test:\n{provider}models:\n  test-model:\n    targets: [{{provider: under-test, model: upstream-model}}]\nresilience: {{max_attempts: 1, breaker: {{consecutive_failures: 1000, min_requests: 1000}}}}\n"
     );

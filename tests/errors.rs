@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::upstream::{self, Behavior, Upstream};
-use common::{SseReader, TestGateway, config_for};
+use common::{SseReader, TestGateway, config_for, gateway_for};
 use serde_json::{Value, json};
 
 /// Checks the OpenAI error shape and the request id; returns the error object.
@@ -23,14 +23,6 @@ async fn error_of(response: reqwest::Response, status: u16) -> Value {
     }
     assert_eq!(error["request_id"], id.as_str());
     error
-}
-
-async fn gateway_with(
-    script: impl Fn(&upstream::Received) -> Behavior + Send + Sync + 'static,
-) -> (Upstream, TestGateway) {
-    let upstream = Upstream::start(script).await;
-    let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
-    (upstream, gateway)
 }
 
 fn hello(model: &str) -> Value {
@@ -147,7 +139,7 @@ async fn bodies_over_the_limit_are_a_413_declared_or_chunked() {
 #[tokio::test]
 async fn upstream_errors_keep_their_status_and_openai_message() {
     let body = r#"{"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}"#;
-    let (_upstream, gateway) = gateway_with(move |_| Behavior::Error {
+    let (_upstream, gateway) = gateway_for(move |_| Behavior::Error {
         status: 400,
         headers: vec![],
         body: body.to_owned(),
@@ -161,7 +153,7 @@ async fn upstream_errors_keep_their_status_and_openai_message() {
     assert_eq!(error["code"], "context_length_exceeded");
     assert_eq!(error["param"], "messages");
 
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Error {
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Error {
         status: 429,
         headers: vec![("retry-after", "3".to_owned())],
         body: r#"{"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}"#.to_owned(),
@@ -173,7 +165,7 @@ async fn upstream_errors_keep_their_status_and_openai_message() {
     assert_eq!(error["message"], "Rate limit reached");
 
     // Not OpenAI-shaped: the status stays, the message is ours, the HTML is not passed on.
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Error {
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Error {
         status: 503,
         headers: vec![],
         body: "<html>nginx internal trace id 42</html>".to_owned(),
@@ -201,18 +193,24 @@ async fn an_unreachable_upstream_is_a_502_without_internal_detail() {
 
 #[tokio::test]
 async fn a_silent_upstream_is_a_504_at_the_request_timeout() {
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Hang).await;
-    let started = Instant::now();
-    let error = error_of(gateway.chat(&hello("gpt-test")).await, 504).await;
+    let upstream = Upstream::start(|_| Behavior::Hang).await;
+    // One attempt (the default three would take three request timeouts, close to the hang
+    // guard): the configured request timeout (2 s) answers it, not never.
+    let config = format!(
+        "{}resilience: {{max_attempts: 1}}\n",
+        config_for(&upstream.base_url)
+    );
+    let gateway = TestGateway::start(&config).await;
+    let response = common::hang_guard("the 504", gateway.chat(&hello("gpt-test"))).await;
+    let error = error_of(response, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
-    // The configured request timeout is 2 s: the answer comes then, not never.
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(upstream.received().len(), 1);
 }
 
 #[tokio::test]
 async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     // Cut before [DONE].
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Events {
         data: upstream::chunks("m", &["partial ", "answer"], false)[..2].to_vec(),
         interval: Duration::ZERO,
         done: false,
@@ -227,8 +225,8 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
     assert_eq!(last["error"]["request_id"], id.as_str());
 
     // Malformed JSON in one event, after the answer started (before it, the attempt is
-    // retried: tests/resilience.rs).
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+    // retried: tests/stream_failover.rs).
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Events {
         data: vec![
             upstream::chunks("m", &["ok"], false)[0].clone(),
             upstream::chunks("m", &["ok"], false)[1].clone(),
@@ -256,7 +254,7 @@ async fn a_stream_that_breaks_ends_with_an_error_event_and_no_done() {
 async fn a_stalled_stream_ends_at_the_idle_timeout() {
     // The first content comes within the first-byte timeout (2 s), the next event later
     // than the idle timeout (1 s) allows.
-    let (_upstream, gateway) = gateway_with(|_| Behavior::Events {
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Events {
         data: upstream::chunks("m", &["slow"], false),
         interval: Duration::from_millis(1500),
         done: true,

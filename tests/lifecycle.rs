@@ -6,11 +6,11 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::GatewayProcess;
 use common::upstream::{self, Behavior, Upstream};
-use common::{Logs, SseReader, TestGateway, config_for, content_of};
+use common::{Logs, SseReader, TestGateway, config_for, content_of, eventually, hang_guard};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -28,8 +28,9 @@ fn words(count: usize) -> String {
 }
 
 #[tokio::test]
-async fn a_client_disconnect_drops_the_upstream_stream_promptly_and_logs_499() {
+async fn a_client_disconnect_drops_the_upstream_stream_and_logs_499() {
     let (logs, _guard) = Logs::capture();
+    // 100 chunks 50 ms apart: a gateway that kept reading would get the stream whole.
     let mut upstream = Upstream::start(|_| Behavior::Events {
         data: upstream::chunks("m", &["tick "; 100], true),
         interval: Duration::from_millis(50),
@@ -44,17 +45,13 @@ async fn a_client_disconnect_drops_the_upstream_stream_promptly_and_logs_499() {
         reader.next().await.unwrap();
     }
     drop(reader);
-    let dropped = Instant::now();
-    let (complete, ended) =
-        tokio::time::timeout(Duration::from_secs(1), upstream.stream_ends.recv())
-            .await
-            .expect("the upstream stream is dropped within 1 s")
-            .unwrap();
+    let complete = hang_guard("the upstream stream ends", upstream.stream_ends.recv())
+        .await
+        .unwrap();
     assert!(
         !complete,
         "the upstream must not have sent the whole stream"
     );
-    assert!(ended.duration_since(dropped) < Duration::from_secs(1));
 
     let line = logs.wait_access(&id).await;
     assert_eq!(line["status"], 499, "{line}");
@@ -76,11 +73,11 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     let TestGateway { gateway, url, .. } = gateway;
     let addr = gateway.addr;
     let stopping = tokio::spawn(gateway.shutdown());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no new connections once shutdown began ({url})"
-    );
+    eventually(
+        format!("no new connections once shutdown began ({url})"),
+        async || tokio::net::TcpStream::connect(addr).await.err(),
+    )
+    .await;
 
     let mut events = vec![first];
     while let Some(event) = reader.next().await {
@@ -88,10 +85,7 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     }
     assert_eq!(events.last().unwrap(), "[DONE]");
     assert_eq!(content_of(&events), text);
-    tokio::time::timeout(Duration::from_secs(5), stopping)
-        .await
-        .unwrap()
-        .unwrap();
+    hang_guard("the shutdown", stopping).await.unwrap();
 }
 
 fn with_models(base: &str, extra_model: &str) -> String {
@@ -104,16 +98,6 @@ async fn metric(gateway: &TestGateway, line_start: &str) -> Option<f64> {
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-async fn wait_for(mut condition: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not met within 5 s");
 }
 
 async fn model_ids(gateway: &TestGateway) -> Vec<String> {
@@ -133,7 +117,10 @@ async fn a_broken_reload_keeps_the_old_config_and_a_good_one_takes_effect() {
 
     gateway.replace_config("models:\n  broken: {targets: [{provider: nowhere}]}\n");
     let failures = "switchyard_config_reloads_total{result=\"failure\"}";
-    wait_for(async || metric(&gateway, failures).await == Some(1.0)).await;
+    eventually("the failed reload", async || {
+        (metric(&gateway, failures).await == Some(1.0)).then_some(())
+    })
+    .await;
     assert_eq!(
         model_ids(&gateway).await,
         ["gpt-test", "embed-test", "mock"]
@@ -149,7 +136,11 @@ async fn a_broken_reload_keeps_the_old_config_and_a_good_one_takes_effect() {
     // A good config after a broken one: the new model appears.
     let in_flight = gateway.chat(&ask("mock", &words(20), true)).await;
     gateway.replace_config(&with_models(&base, "mock-two"));
-    wait_for(async || model_ids(&gateway).await.contains(&"mock-two".to_owned())).await;
+    eventually("the new model", async || {
+        let ids = model_ids(&gateway).await;
+        ids.contains(&"mock-two".to_owned()).then_some(())
+    })
+    .await;
     assert_eq!(
         gateway.chat(&ask("mock-two", "new", false)).await.status(),
         200
@@ -173,17 +164,11 @@ async fn sighup_reloads_and_sigterm_drains_the_process() {
     let client = common::client();
 
     process.signal("HUP");
-    let mut reloads = None;
-    for _ in 0..100 {
-        reloads = process
-            .metric("switchyard_config_reloads_total{result=\"success\"}")
-            .await;
-        if reloads == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(reloads, Some(1.0), "SIGHUP reloads the config");
+    let reloads = "switchyard_config_reloads_total{result=\"success\"}";
+    eventually("SIGHUP reloads the config", async || {
+        (process.metric(reloads).await == Some(1.0)).then_some(())
+    })
+    .await;
 
     // SIGTERM with a stream in flight: it finishes, then the process exits cleanly.
     let text = words(25);

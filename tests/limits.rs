@@ -8,31 +8,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{SseReader, TestGateway};
+use common::{Logs, SseReader, TestGateway};
 use serde_json::{Value, json};
 use switchyard::auth::{hash_key, hex};
 
 const ALICE: &str = "sk-sy-alice-limits-0123456789ab";
 const BOB: &str = "sk-sy-bob-limits-0123456789abcd";
 
-/// A mock that answers after `latency`, priced at $1 per 1k prompt tokens and $2 per 1k
-/// completion tokens, with `keys` (YAML lines under `auth.keys`) and `teams`.
+/// The priced echo model answering after `latency` ([`common::echo_config`]), with `keys`
+/// (YAML lines under `auth.keys`) and `teams`.
 fn config(latency: &str, keys: &str, teams: &str) -> String {
     format!(
-        r#"
-providers:
-  mock: {{kind: mock, mock: {{latency: {latency}, chunk_interval: 5ms}}}}
-models:
-  echo: {{targets: [{{provider: mock, model: echo-upstream}}]}}
-pricing:
-  models:
-    echo-upstream: {{input: 1000, output: 2000}}
-auth:
-  teams:
-{teams}
-  keys:
-{keys}
-"#
+        "{}auth:\n  teams:\n{teams}\n  keys:\n{keys}\n",
+        common::echo_config(latency, "5ms")
     )
 }
 
@@ -115,12 +103,8 @@ async fn tokens_are_reserved_before_the_call_and_unused_ones_refunded() {
     assert_eq!(statuses, [200, 200, 429], "never over-admitted");
     let refused = [a, b, c].into_iter().find(|r| r.status() == 429).unwrap();
     let error: Value = refused.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tokens per minute")
-    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tokens per minute"), "{message}");
 
     // Both answers used ~10 tokens each: the rest of their reservations came back.
     let response = ask(&gateway, ALICE, hello(400)).await;
@@ -137,11 +121,13 @@ async fn tokens_are_reserved_before_the_call_and_unused_ones_refunded() {
 
 #[tokio::test]
 async fn a_streamed_answer_is_charged_its_real_usage() {
+    let (logs, _guard) = Logs::capture();
     let keys = key("alice", ALICE, "limits: {tpm: 10000}");
     let gateway = TestGateway::start(&config("0ms", &keys, "    {}")).await;
     let long = "word ".repeat(400);
     let stream = json!({"model": "echo", "stream": true, "max_tokens": 5000, "messages": [{"role": "user", "content": long}]});
     let response = ask(&gateway, ALICE, stream).await;
+    let id = common::request_id(&response);
     let reserved_left: u64 = header(&response, "x-ratelimit-remaining-tokens")
         .parse()
         .unwrap();
@@ -151,8 +137,9 @@ async fn a_streamed_answer_is_charged_its_real_usage() {
     );
     let events = SseReader::new(response).all().await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    // The echo used ~500 completion and ~500 prompt tokens, not 5000: the rest came back.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The echo used ~500 completion and ~500 prompt tokens, not 5000: the rest came back
+    // when the request was over (its record settles and writes the access line at once).
+    logs.wait_access(&id).await;
     let after = ask(&gateway, ALICE, hello(1)).await;
     let left: u64 = header(&after, "x-ratelimit-remaining-tokens")
         .parse()
@@ -174,12 +161,8 @@ async fn requests_in_flight_are_capped() {
     assert_eq!(first.status(), 200);
     assert_eq!(second.status(), 429);
     let error: Value = second.json().await.unwrap();
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("in flight")
-    );
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("in flight"), "{message}");
     assert_eq!(
         ask(&gateway, ALICE, hello(5)).await.status(),
         200,
@@ -205,12 +188,8 @@ async fn budgets_are_reserved_at_the_worst_case_and_refuse_when_spent() {
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], "insufficient_quota");
         assert_eq!(error["error"]["type"], "insufficient_quota");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("total budget")
-        );
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("total budget"), "{message}");
         break;
     }
     // Charged at real cost, not at the reservation: more requests fit than $0.05 / $0.027.

@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -68,7 +67,8 @@ async fn a_translated_chunk_reaches_the_client_before_the_provider_sends_the_nex
     let mut reader = SseReader::new(gateway.chat(&request).await);
     // The emulator holds everything after the first text delta until the gate opens: the
     // client must see that delta first, or the gateway is buffering.
-    let first_content = tokio::time::timeout(Duration::from_secs(2), async {
+    let relayed = "the first content chunk, relayed while the provider waits";
+    let first_content = common::hang_guard(relayed, async {
         loop {
             let event: Value = serde_json::from_str(&reader.next().await.unwrap()).unwrap();
             if let Some(text) = event["choices"][0]["delta"]["content"]
@@ -79,8 +79,7 @@ async fn a_translated_chunk_reaches_the_client_before_the_provider_sends_the_nex
             }
         }
     })
-    .await
-    .expect("the first content chunk is relayed while the provider waits");
+    .await;
     assert_eq!(first_content, "first ");
     gate.open();
     let rest = reader.all().await;

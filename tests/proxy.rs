@@ -7,17 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::upstream::{self, Behavior, Upstream};
-use common::{Logs, SseReader, TestGateway, UPSTREAM_KEY, config_for, content_of};
+use common::upstream::{self, Behavior};
+use common::{Logs, SseReader, TestGateway, UPSTREAM_KEY, config_for, content_of, gateway_for};
 use serde_json::{Value, json};
-
-async fn setup(
-    script: impl Fn(&upstream::Received) -> Behavior + Send + Sync + 'static,
-) -> (Upstream, TestGateway) {
-    let upstream = Upstream::start(script).await;
-    let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
-    (upstream, gateway)
-}
 
 fn streamed(request: &upstream::Received, pieces: &[&str]) -> Behavior {
     Behavior::Events {
@@ -34,7 +26,8 @@ fn streamed(request: &upstream::Received, pieces: &[&str]) -> Behavior {
 #[tokio::test]
 async fn non_stream_round_trip_rewrites_model_and_passes_everything_else() {
     let (upstream, gateway) =
-        setup(|_| Behavior::Json(upstream::completion("upstream-model-2024", "Hi there!"))).await;
+        gateway_for(|_| Behavior::Json(upstream::completion("upstream-model-2024", "Hi there!")))
+            .await;
     let request = json!({
         "model": "gpt-test",
         "messages": [
@@ -66,7 +59,8 @@ async fn non_stream_round_trip_rewrites_model_and_passes_everything_else() {
 
 #[tokio::test]
 async fn upstream_sees_the_provider_key_and_request_id_never_the_clients_headers() {
-    let (upstream, gateway) = setup(|_| Behavior::Json(upstream::completion("m", "ok"))).await;
+    let (upstream, gateway) =
+        gateway_for(|_| Behavior::Json(upstream::completion("m", "ok"))).await;
     let response = common::client()
         .post(format!("{}/v1/chat/completions", gateway.url))
         .bearer_auth(common::TEST_KEY)
@@ -95,7 +89,8 @@ async fn upstream_sees_the_provider_key_and_request_id_never_the_clients_headers
 
 #[tokio::test]
 async fn a_request_id_is_generated_when_the_client_sends_none() {
-    let (upstream, gateway) = setup(|_| Behavior::Json(upstream::completion("m", "ok"))).await;
+    let (upstream, gateway) =
+        gateway_for(|_| Behavior::Json(upstream::completion("m", "ok"))).await;
     let response = gateway
         .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
         .await;
@@ -107,7 +102,7 @@ async fn a_request_id_is_generated_when_the_client_sends_none() {
 #[tokio::test]
 async fn stream_relays_chunks_in_order_and_hides_the_usage_chunk_it_asked_for() {
     let pieces = ["The ", "quick ", "brown ", "fox"];
-    let (upstream, gateway) = setup(move |r| streamed(r, &pieces)).await;
+    let (upstream, gateway) = gateway_for(move |r| streamed(r, &pieces)).await;
     let response = gateway
         .chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
         .await;
@@ -128,7 +123,7 @@ async fn stream_relays_chunks_in_order_and_hides_the_usage_chunk_it_asked_for() 
 
 #[tokio::test]
 async fn stream_keeps_the_usage_chunk_when_the_client_asked_for_it() {
-    let (upstream, gateway) = setup(|r| streamed(r, &["a", "b"])).await;
+    let (upstream, gateway) = gateway_for(|r| streamed(r, &["a", "b"])).await;
     let response = gateway
         .chat(&json!({
             "model": "gpt-test", "stream": true,
@@ -151,18 +146,22 @@ async fn stream_keeps_the_usage_chunk_when_the_client_asked_for_it() {
 async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
     let (logs, _guard) = Logs::capture();
     // This upstream never sends usage, whatever it is asked.
-    let (_upstream, gateway) = setup(|_| Behavior::Events {
+    let (_upstream, gateway) = gateway_for(|_| Behavior::Events {
         data: upstream::chunks("m", &["four bytes each ", "more text"], false),
         interval: Duration::ZERO,
         done: true,
     })
     .await;
-    let response = gateway
-        .chat(&json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
-        .await;
-    let id = common::request_id(&response);
-    SseReader::new(response).all().await;
-    let line = logs.wait_access(&id).await;
+    // The access line of a streamed request to `model`, once its stream was read.
+    let streamed = async |model: &str| {
+        let response = gateway
+            .chat(&json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
+            .await;
+        let id = common::request_id(&response);
+        SseReader::new(response).all().await;
+        logs.wait_access(&id).await
+    };
+    let line = streamed("gpt-test").await;
     assert_eq!(line["usage_source"], "estimated");
     assert_eq!(
         line["completion_tokens"], 7,
@@ -170,12 +169,7 @@ async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
     );
     assert_eq!(line["status"], 200);
 
-    let response = gateway
-        .chat(&json!({"model": "mock", "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
-        .await;
-    let id = common::request_id(&response);
-    SseReader::new(response).all().await;
-    let line = logs.wait_access(&id).await;
+    let line = streamed("mock").await;
     assert_eq!(line["usage_source"], "provider");
     assert!(line["first_content_us"].as_u64().unwrap() >= line["first_byte_us"].as_u64().unwrap());
 }
@@ -183,7 +177,7 @@ async fn usage_is_recorded_from_the_provider_or_estimated_when_it_sends_none() {
 #[tokio::test]
 async fn embeddings_pass_through_with_the_model_rewritten() {
     let (upstream, gateway) =
-        setup(|_| Behavior::Json(upstream::embedding("upstream-embed", 2))).await;
+        gateway_for(|_| Behavior::Json(upstream::embedding("upstream-embed", 2))).await;
     let request = json!({"model": "embed-test", "input": ["a", "b"], "encoding_format": "float", "dimensions": 3});
     let response = gateway.post("/v1/embeddings", &request).await;
     assert_eq!(response.status(), 200);
@@ -278,19 +272,14 @@ async fn health_and_readiness() {
         .await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("empty api_key"),
-        "{body}"
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("empty api_key"), "{message}");
 }
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
     let (logs, _guard) = Logs::capture();
-    let (_upstream, gateway) = setup(|request| {
+    let (_upstream, gateway) = gateway_for(|request| {
         if request.body["messages"][0]["content"] == "fail" {
             // An upstream that quotes the key it rejected, as OpenAI does.
             Behavior::Error {
@@ -312,13 +301,14 @@ async fn secrets_never_reach_the_logs() {
         .await;
     // The provider refused the gateway's own credentials: not the client's fault.
     assert_eq!(rejected.status(), 502);
+    let id = common::request_id(&rejected);
     let body = rejected.text().await.unwrap();
     assert!(!body.contains(UPSTREAM_KEY), "{body}");
     assert!(
         body.contains("'up' rejected the gateway's credentials"),
         "{body}"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    logs.wait_access(&id).await;
     let text = logs.text();
     assert!(
         text.contains("switchyard::access"),

@@ -1,13 +1,14 @@
 //! Keys created through the admin API, shared by replicas through one real `redis-server`:
 //! a key created on one replica is honoured by the other, and one revoked on one is refused
-//! by the other, within a second; usage booked on one is shown by the other.
+//! by the other; usage booked on one is shown by the other.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::eventually;
 use common::process::{GatewayProcess, Replicas};
 use common::redis::RedisServer;
 use serde_json::{Value, json};
@@ -54,6 +55,11 @@ async fn admin(
     )
 }
 
+/// `method` on the key `worker` through `gateway`'s admin API.
+async fn worker(gateway: &GatewayProcess, method: reqwest::Method) -> (u16, Value) {
+    admin(gateway, method, "/admin/keys/worker", None).await
+}
+
 /// Creates a key with no settings through `gateway`'s admin API; returns its secret.
 async fn create_key(gateway: &GatewayProcess) -> String {
     let (status, created) = admin(
@@ -79,20 +85,17 @@ async fn chat(gateway: &GatewayProcess, key: &str) -> u16 {
         .as_u16()
 }
 
-/// How long until `gateway` answers `key` with `status` (polling every 20 ms, up to 3 s).
-async fn time_until(gateway: &GatewayProcess, key: &str, status: u16) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3) {
-        if chat(gateway, key).await == status {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never answered {status}");
+/// Waits until `gateway` answers `key` with `status`: a change made through another
+/// replica, or in Redis, has reached it.
+async fn until_answers(gateway: &GatewayProcess, key: &str, status: u16) {
+    eventually(format!("{} answers {status}", gateway.url), async || {
+        (chat(gateway, key).await == status).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_created_or_revoked_on_one_replica_is_honoured_by_the_other_within_a_second() {
+async fn a_key_created_or_revoked_on_one_replica_is_honoured_by_the_other() {
     let redis = RedisServer::start().await;
     let replicas = replicas(&redis);
 
@@ -110,39 +113,25 @@ async fn a_key_created_or_revoked_on_one_replica_is_honoured_by_the_other_within
         200,
         "at once on the replica that created it"
     );
-    let took = time_until(&replicas.b, &key, 200).await;
-    assert!(took < Duration::from_secs(1), "created: {took:?}");
+    until_answers(&replicas.b, &key, 200).await;
 
-    // Usage booked through A is shown by B.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, shown) = admin(
-        &replicas.b,
-        reqwest::Method::GET,
-        "/admin/keys/worker",
-        None,
-    )
+    // Usage booked through A is shown by B (once the requests are settled).
+    let shown = eventually("both requests booked", async || {
+        let (status, shown) = worker(&replicas.b, reqwest::Method::GET).await;
+        assert_eq!(status, 200, "{shown}");
+        let requests = shown["usage"]["total"]["requests"].as_u64().unwrap();
+        (requests >= 2).then_some(shown)
+    })
     .await;
-    assert_eq!(status, 200, "{shown}");
-    assert!(
-        shown["usage"]["total"]["requests"].as_u64().unwrap() >= 2,
-        "{shown}"
-    );
     assert!(
         shown["usage"]["total"]["cost_usd"].as_f64().unwrap() > 0.0,
         "{shown}"
     );
 
-    let (status, _) = admin(
-        &replicas.a,
-        reqwest::Method::DELETE,
-        "/admin/keys/worker",
-        None,
-    )
-    .await;
+    let (status, _) = worker(&replicas.a, reqwest::Method::DELETE).await;
     assert_eq!(status, 200);
     assert_eq!(chat(&replicas.a, &key).await, 401);
-    let took = time_until(&replicas.b, &key, 401).await;
-    assert!(took < Duration::from_secs(1), "revoked: {took:?}");
+    until_answers(&replicas.b, &key, 401).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,8 +139,7 @@ async fn created_keys_survive_a_restart_of_the_replicas() {
     let redis = RedisServer::start().await;
     let key = create_key(&replicas(&redis).a).await;
     let replicas = replicas(&redis);
-    let took = time_until(&replicas.b, &key, 200).await;
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    until_answers(&replicas.b, &key, 200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,15 +159,12 @@ async fn before_the_shared_keys_were_read_an_unknown_key_is_unavailable_not_inva
     assert_eq!(body["error"]["code"], "key_store_unavailable");
     let (status, _) = admin(&replicas.a, reqwest::Method::GET, "/admin/keys", None).await;
     assert_eq!(status, 503);
-    let started = Instant::now();
-    while !replicas
-        .a
-        .logs()
-        .contains("the shared key store (Redis) is unavailable")
-    {
-        assert!(started.elapsed() < Duration::from_secs(3), "a WARN says so");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("a WARN says so", async || {
+        let logs = replicas.a.logs();
+        logs.contains("the shared key store (Redis) is unavailable")
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +177,7 @@ async fn a_redis_that_lost_its_data_is_believed() {
     redis.kill();
     redis.restart().await;
     for gateway in [&replicas.a, &replicas.b] {
-        let took = time_until(gateway, &key, 401).await;
-        assert!(took < Duration::from_secs(2), "{took:?}");
+        until_answers(gateway, &key, 401).await;
     }
 }
 

@@ -1,5 +1,10 @@
 //! Shared test support: a gateway started from a config file in a temp dir on
-//! 127.0.0.1:0, an emulated upstream, an SSE reader and log capture.
+//! 127.0.0.1:0, an emulated upstream, an SSE reader, log capture, and the hang guard that
+//! bounds every wait.
+//!
+//! Integration tests assert what happened, never how long it took: a timing is proven by
+//! paused-time unit tests in `src/`. The only time limit here is [`HANG`], which catches a
+//! test that would otherwise wait forever.
 
 #![allow(
     dead_code,
@@ -9,10 +14,12 @@
 pub mod native;
 pub mod process;
 pub mod redis;
+pub mod scenario;
 pub mod sdk;
 pub mod upstream;
 
 use std::cell::RefCell;
+use std::fmt::Display;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,15 +36,39 @@ use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
+/// The hang guard: how long a test waits for anything (an answer, a stream's end, an
+/// eventual state) before it fails as hung. Generous on purpose: it says nothing about how
+/// fast the gateway is, only that it does not wait forever.
+pub const HANG: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test as hung (naming `what`) if it takes longer than
+/// [`HANG`].
+pub async fn hang_guard<T>(what: impl Display, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("hung: {what} (nothing after {HANG:?})"),
+    }
+}
+
+/// Polls `check` (every 20 ms) until it returns a value, for a state that comes about
+/// eventually; fails the test as hung (naming `what`) after [`HANG`].
+pub async fn eventually<T>(what: impl Display, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    hang_guard(&what, async {
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// The key the upstream expects from the gateway; clients never send it.
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
 /// The virtual key test clients send. `TestGateway` adds it to configs without an `auth`
 /// section.
 pub const TEST_KEY: &str = "sk-sy-test-key-0123456789abcdef";
-
-/// How long a test waits before calling something a hang. Only a guard: tests never
-/// assert how long anything took.
-pub const HANG: Duration = Duration::from_secs(10);
 
 /// The `auth` section that accepts `TEST_KEY` (and, with `extra`, more keys).
 pub fn auth_section(extra: &str) -> String {
@@ -70,6 +101,32 @@ models:
     targets: [{{provider: up, model: upstream-embed}}]
   mock:
     targets: [{{provider: mock}}]
+"#
+    )
+}
+
+/// An upstream answering with `script`, and a gateway on [`config_for`] it.
+pub async fn gateway_for(
+    script: impl Fn(&upstream::Received) -> upstream::Behavior + Send + Sync + 'static,
+) -> (upstream::Upstream, TestGateway) {
+    let upstream = upstream::Upstream::start(script).await;
+    let gateway = TestGateway::start(&config_for(&upstream.base_url)).await;
+    (upstream, gateway)
+}
+
+/// `providers`, `models` and `pricing` for the model `echo`: the mock echoing the prompt
+/// (as `echo-upstream`) after `latency`, priced at $1 per 1k prompt tokens and $2 per 1k
+/// completion tokens.
+pub fn echo_config(latency: &str, chunk_interval: &str) -> String {
+    format!(
+        r#"
+providers:
+  mock: {{kind: mock, mock: {{latency: {latency}, chunk_interval: {chunk_interval}}}}}
+models:
+  echo: {{targets: [{{provider: mock, model: echo-upstream}}]}}
+pricing:
+  models:
+    echo-upstream: {{input: 1000, output: 2000}}
 "#
     )
 }
@@ -282,15 +339,11 @@ impl Logs {
             .map(|v| v["fields"].clone())
     }
 
-    /// Waits (up to 2 s) for a request's access line: streams log when they end.
+    /// Waits for a request's access line: a request logs when it is over (a stream when
+    /// it ends).
     pub async fn wait_access(&self, request_id: &str) -> Value {
-        for _ in 0..200 {
-            if let Some(line) = self.access(request_id) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no access log line for {request_id}:\n{}", self.text());
+        let what = format!("the access log line of {request_id}");
+        eventually(what, async || self.access(request_id)).await
     }
 }
 

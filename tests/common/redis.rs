@@ -1,7 +1,6 @@
 //! A real `redis-server` for one test, on a free port, stopped when dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -44,17 +43,13 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (Debian: apt-get install redis-server; .ci/run installs it)");
         self.child = Some(child);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+        let port = self.port;
+        super::eventually(format!("redis-server on port {port}"), async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not start on port {}", self.port);
+                .ok()
+        })
+        .await;
     }
 
     /// Sends one command (as a new client) and returns the first line of the answer.

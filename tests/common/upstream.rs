@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -76,17 +76,15 @@ type Script = dyn Fn(&Received) -> Behavior + Send + Sync;
 struct Shared {
     script: Arc<Script>,
     received: Arc<Mutex<Vec<Received>>>,
-    received_at: Arc<Mutex<Vec<Instant>>>,
-    /// Reports when a streamed response ended: `true` if it was sent whole, `false` if the
-    /// other side went away first.
-    stream_ends: mpsc::UnboundedSender<(bool, Instant)>,
+    /// Reports how each streamed response ended: `true` if it was sent whole, `false` if
+    /// the other side went away first.
+    stream_ends: mpsc::UnboundedSender<bool>,
 }
 
 pub struct Upstream {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
-    received_at: Arc<Mutex<Vec<Instant>>>,
-    pub stream_ends: mpsc::UnboundedReceiver<(bool, Instant)>,
+    pub stream_ends: mpsc::UnboundedReceiver<bool>,
 }
 
 impl Upstream {
@@ -94,11 +92,9 @@ impl Upstream {
         super::init_logging();
         let (stream_ends, ends) = mpsc::unbounded_channel();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let received_at = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
             script: Arc::new(script),
             received: received.clone(),
-            received_at: received_at.clone(),
             stream_ends,
         };
         let app = Router::new()
@@ -111,7 +107,6 @@ impl Upstream {
         Self {
             base_url: format!("http://{addr}/v1"),
             received,
-            received_at,
             stream_ends: ends,
         }
     }
@@ -119,11 +114,6 @@ impl Upstream {
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
-    }
-
-    /// When each request (in the order of `received()`) arrived: its head was read.
-    pub fn received_at(&self) -> Vec<Instant> {
-        self.received_at.lock().unwrap().clone()
     }
 
     pub fn last(&self) -> Received {
@@ -134,7 +124,6 @@ impl Upstream {
 }
 
 async fn handle(State(shared): State<Shared>, request: Request) -> Response {
-    let at = Instant::now();
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let received = Received {
@@ -143,12 +132,7 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     };
     let behavior = (shared.script)(&received);
-    {
-        // One lock order for both, so `received()[i]` arrived at `received_at()[i]`.
-        let mut all = shared.received.lock().unwrap();
-        all.push(received);
-        shared.received_at.lock().unwrap().push(at);
-    }
+    shared.received.lock().unwrap().push(received);
     match behavior {
         Behavior::Json(value) => {
             ([("content-type", "application/json")], value.to_string()).into_response()
@@ -219,7 +203,7 @@ enum StreamEnd {
 fn timed_sse_response(
     events: Vec<(Duration, String)>,
     end: StreamEnd,
-    ends: mpsc::UnboundedSender<(bool, Instant)>,
+    ends: mpsc::UnboundedSender<bool>,
 ) -> Response {
     let mut frames: Vec<(Duration, String)> = events
         .into_iter()
@@ -271,12 +255,12 @@ fn timed_sse_response(
 /// Reports how a response stream ended when it is dropped.
 struct EndGuard {
     complete: bool,
-    ends: mpsc::UnboundedSender<(bool, Instant)>,
+    ends: mpsc::UnboundedSender<bool>,
 }
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        let _ = self.ends.send((self.complete, Instant::now()));
+        let _ = self.ends.send(self.complete);
     }
 }
 
@@ -284,7 +268,7 @@ fn sse_response(
     data: Vec<String>,
     interval: Duration,
     done: bool,
-    ends: mpsc::UnboundedSender<(bool, Instant)>,
+    ends: mpsc::UnboundedSender<bool>,
 ) -> Response {
     let mut frames: Vec<String> = data.into_iter().map(|d| format!("data: {d}\n\n")).collect();
     if done {
