@@ -20,11 +20,20 @@ pub fn now() -> Instant {
     Instant::now()
 }
 
-/// Milliseconds since this clock was first read, never 0 (so 0 can mean "never" in an
-/// atomic). For state kept in atomics, such as a breaker's next probe.
+/// Milliseconds since an origin before this clock was first read, never 0 (so 0 can mean
+/// "never" in an atomic). For state kept in atomics, such as a breaker's next probe.
+///
+/// The origin is set an hour before the first reading: a runtime whose time is paused
+/// counts from when it started, which may be before the first reading (tests run many),
+/// and its readings must still come after the origin.
 pub fn millis() -> u64 {
+    const BEFORE: Duration = Duration::from_secs(3600);
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    as_millis(now().saturating_duration_since(*ORIGIN.get_or_init(now))) + 1
+    let origin = ORIGIN.get_or_init(|| {
+        let first = now();
+        first.checked_sub(BEFORE).unwrap_or(first)
+    });
+    as_millis(now().saturating_duration_since(*origin)) + 1
 }
 
 /// A duration in whole milliseconds, saturating.

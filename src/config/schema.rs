@@ -509,9 +509,12 @@ pub struct MockFault {
     /// Answer with this HTTP status...
     #[serde(default)]
     pub status: Option<u16>,
-    /// ...and this body (default: an OpenAI-shaped error).
+    /// ...and this body (default: an OpenAI-shaped error)...
     #[serde(default)]
     pub body: Option<String>,
+    /// ...and this `Retry-After`.
+    #[serde(default, with = "duration::option")]
+    pub retry_after: Option<Duration>,
     /// Never answer.
     #[serde(default)]
     pub hang: bool,

@@ -348,8 +348,14 @@ fn validate_fault(path: &str, fault: &MockFault, errors: &mut Errors) {
             format!("expected an error status from 400 to 599, got {status}"),
         );
     }
-    if fault.body.is_some() && fault.status.is_none() {
-        errors.push(format!("{path}.body"), "only allowed together with status");
+    let with_status = [
+        ("body", fault.body.is_some()),
+        ("retry_after", fault.retry_after.is_some()),
+    ];
+    for (key, present) in with_status {
+        if present && fault.status.is_none() {
+            errors.push(format!("{path}.{key}"), "only allowed together with status");
+        }
     }
 }
 

@@ -281,7 +281,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// Advances paused time by `ms`.
+    async fn wait_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn opens_on_consecutive_failures_probes_after_the_cooldown_and_closes() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
         for _ in 0..3 {
@@ -289,8 +294,14 @@ mod tests {
             breaker.record(Pass::Closed, true, &settings, &metrics);
         }
         assert_eq!(breaker.state(), State::Open);
-        assert_eq!(breaker.pass(&settings, &metrics), None);
-        tokio::time::sleep(Duration::from_millis(35)).await;
+        assert_eq!(breaker.next_probe_in(), Duration::from_millis(30));
+        wait_ms(29).await;
+        assert_eq!(
+            breaker.pass(&settings, &metrics),
+            None,
+            "not before the cooldown"
+        );
+        wait_ms(1).await;
         assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
         assert_eq!(
             breaker.pass(&settings, &metrics),
@@ -303,8 +314,8 @@ mod tests {
         // The probe fails: open again, for twice as long.
         breaker.record(Pass::Probe, true, &settings, &metrics);
         assert_eq!(breaker.state(), State::Open);
-        assert!(breaker.next_probe_in() > Duration::from_millis(35));
-        tokio::time::sleep(Duration::from_millis(65)).await;
+        assert_eq!(breaker.next_probe_in(), Duration::from_millis(60));
+        wait_ms(60).await;
         // A late success of an old request does not close it either; the probe's does.
         breaker.record(Pass::Closed, false, &settings, &metrics);
         assert_eq!(breaker.state(), State::Open);
@@ -317,6 +328,52 @@ mod tests {
         assert_eq!(breaker.state(), State::Closed);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_cooldown_doubles_per_trip_in_a_row_up_to_its_cap_and_resets_after_a_window() {
+        let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
+        let trip = |pass| {
+            for _ in 0..3 {
+                breaker.record(pass, true, &settings, &metrics);
+            }
+        };
+        trip(Pass::Closed);
+        let mut cooldowns = vec![breaker.next_probe_in()];
+        for _ in 0..3 {
+            tokio::time::advance(breaker.next_probe_in()).await;
+            assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+            breaker.record(Pass::Probe, true, &settings, &metrics);
+            cooldowns.push(breaker.next_probe_in());
+        }
+        let ms = |ms| Duration::from_millis(ms);
+        assert_eq!(
+            cooldowns,
+            [ms(30), ms(60), ms(100), ms(100)],
+            "capped at max_cooldown"
+        );
+        tokio::time::advance(breaker.next_probe_in()).await;
+        assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
+        breaker.record(Pass::Probe, false, &settings, &metrics);
+        // Closed for longer than a window: the next trip starts from the base cooldown.
+        wait_ms(10_001).await;
+        trip(Pass::Closed);
+        assert_eq!(breaker.next_probe_in(), ms(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_leave_the_window_when_they_are_older_than_it() {
+        let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
+        // 9 requests, 5 failed (never 3 in a row): not enough requests to judge.
+        for i in 0..9 {
+            breaker.record(Pass::Closed, i % 2 == 0, &settings, &metrics);
+        }
+        assert_eq!(breaker.view(&settings).window_requests, 9);
+        // A window later, they no longer count: the tenth request does not trip it.
+        wait_ms(10_000).await;
+        breaker.record(Pass::Closed, true, &settings, &metrics);
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.view(&settings).window_requests, 1);
+    }
+
     #[test]
     fn opens_on_a_failure_ratio_with_enough_requests() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
@@ -326,16 +383,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_probe_that_never_reports_is_replaced_after_the_cooldown() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
         for _ in 0..3 {
             breaker.record(Pass::Closed, true, &settings, &metrics);
         }
-        tokio::time::sleep(Duration::from_millis(35)).await;
+        wait_ms(30).await;
         assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
         assert!(!breaker.is_available());
-        tokio::time::sleep(Duration::from_millis(35)).await;
+        wait_ms(29).await;
+        assert!(!breaker.is_available());
+        wait_ms(1).await;
         assert!(breaker.is_available());
         assert_eq!(breaker.pass(&settings, &metrics), Some(Pass::Probe));
     }

@@ -181,3 +181,57 @@ impl HealthTable {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Arc<TargetHealth> {
+        Arc::new(TargetHealth::new(
+            "p/m".into(),
+            &RetryBudgetSettings::default(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_is_due_once_per_interval() {
+        let health = health();
+        let interval = Duration::from_secs(30);
+        assert!(health.claim_check(interval), "due at once");
+        assert!(
+            !health.claim_check(interval),
+            "booked: a second model sharing the target waits"
+        );
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert!(!health.claim_check(interval));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(health.claim_check(interval));
+        assert!(!health.claim_check(interval));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_is_averaged_failures_look_slow_and_stale_latency_is_forgotten() {
+        let health = health();
+        assert_eq!(
+            health.latency(),
+            Duration::ZERO,
+            "never measured: worth trying"
+        );
+        health.observe_latency(Duration::from_millis(100));
+        health.observe_latency(Duration::from_millis(200));
+        // 0.7 × 100 ms + 0.3 × 200 ms.
+        assert_eq!(health.latency(), Duration::from_millis(130));
+        health.observe_failure(Duration::from_millis(10));
+        assert!(
+            health.latency() > Duration::from_secs(1),
+            "a fast failure is not fast"
+        );
+        tokio::time::advance(LATENCY_STALE).await;
+        assert!(
+            health.latency() > Duration::ZERO,
+            "still fresh at the limit"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(health.latency(), Duration::ZERO, "stale: measured again");
+    }
+}

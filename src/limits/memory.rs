@@ -410,8 +410,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn requests_per_minute_allow_a_burst_then_one_per_interval() {
+    /// The wait a refused request is told, or a panic if it was admitted.
+    fn refused(limits: &MemoryLimits, plan: &Plan) -> Duration {
+        match limits.reserve(plan, clock::wall()) {
+            Err(Rejection::RateLimited { retry_after, .. }) => retry_after,
+            Err(other) => panic!("refused for another reason: {other:?}"),
+            Ok(_) => panic!("admitted"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_allow_a_burst_then_one_per_interval() {
         let limits = MemoryLimits::new();
         let plan = plan(vec![Check::Requests {
             scope: scope("key:a"),
@@ -421,10 +430,53 @@ mod tests {
             let admitted = limits.reserve(&plan, clock::wall()).unwrap();
             assert_eq!(admitted.status.requests.unwrap().remaining, remaining);
         }
-        let Err(Rejection::RateLimited { retry_after, .. }) = limits.reserve(&plan, clock::wall())
-        else {
-            panic!("the fourth request in a burst of three is refused")
+        // GCRA: one request every 20 s once the burst is spent.
+        assert_eq!(refused(&limits, &plan), Duration::from_secs(20));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(refused(&limits, &plan), Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(limits.reserve(&plan, clock::wall()).is_ok());
+        assert_eq!(refused(&limits, &plan), Duration::from_secs(20));
+        // A minute of quiet refills the whole burst.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..3 {
+            assert!(limits.reserve(&plan, clock::wall()).is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_bucket_refills_continuously_and_says_when_a_request_fits() {
+        let limits = MemoryLimits::new();
+        let tokens = |amount| {
+            plan(vec![Check::Tokens {
+                scope: scope("key:a"),
+                per_minute: 600,
+                amount,
+            }])
         };
-        assert!(retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20));
+        let all = limits.reserve(&tokens(600), clock::wall()).unwrap();
+        let window = all.status.tokens.unwrap();
+        assert_eq!(
+            (window.remaining, window.reset),
+            (0, Duration::from_secs(60))
+        );
+        // 10 tokens a second come back: 100 fit after 10 s, not before.
+        assert_eq!(refused(&limits, &tokens(100)), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(refused(&limits, &tokens(100)), Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(limits.reserve(&tokens(100), clock::wall()).is_ok());
+        // More than the whole bucket never fits: come back in a minute (the most a
+        // refill can take).
+        assert_eq!(refused(&limits, &tokens(601)), Duration::from_secs(60));
+        // An overrun is charged: the bucket goes below zero and later requests wait.
+        settle(
+            held(all),
+            Used {
+                tokens: 900,
+                cost_usd: 0.0,
+            },
+        );
+        assert_eq!(refused(&limits, &tokens(1)), Duration::from_secs_f64(30.1));
     }
 }

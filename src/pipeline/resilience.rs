@@ -264,3 +264,138 @@ fn unavailable(model: &ModelRoute) -> GatewayError {
         retry_in,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::pipeline::testing;
+
+    fn settings() -> ResilienceSettings {
+        let mut settings = ResilienceSettings::default();
+        settings.backoff.base = Duration::from_millis(100);
+        settings.backoff.max = Duration::from_secs(1);
+        settings
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_for_its_retry_after_when_it_fits() {
+        let settings = settings();
+        let in_10s = clock::now() + Duration::from_secs(10);
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(wait(&settings, 1, two, in_10s, false), two);
+        let in_1s = clock::now() + Duration::from_secs(1);
+        assert_eq!(
+            wait(&settings, 1, two, in_1s, false),
+            None,
+            "past the deadline"
+        );
+        assert_eq!(
+            wait(&settings, 1, two, in_10s, true),
+            None,
+            "longer than the longest backoff while a fallback could answer now"
+        );
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let settings = settings();
+        fastrand::seed(7);
+        for (retry, ceiling_ms) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            let pauses: Vec<Duration> = (0..200).map(|_| backoff(&settings, retry)).collect();
+            let ceiling = Duration::from_millis(ceiling_ms);
+            assert!(pauses.iter().all(|p| *p <= ceiling), "retry {retry}");
+            let longest = pauses.iter().max().copied().unwrap_or_default();
+            assert!(
+                longest > ceiling.mul_f64(0.9),
+                "jitter spans the range: retry {retry}"
+            );
+        }
+    }
+
+    const HANGING_PRIMARY: &str = r#"
+providers:
+  silent: {kind: mock, mock: {faults: [{hang: true}]}, timeouts: {first_byte: 500ms}}
+  spare: {kind: mock}
+models:
+  primary: {targets: [{provider: silent}], fallbacks: [backup]}
+  alone: {targets: [{provider: silent}], timeouts: {total: 1200ms}}
+  backup: {targets: [{provider: spare}]}
+resilience: {max_attempts: 1}
+"#;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_target_costs_its_first_byte_timeout_then_the_fallback_answers() {
+        let started = clock::now();
+        let reply = testing::chat(HANGING_PRIMARY, "primary", false).await;
+        assert!(matches!(reply, Ok(Reply::Json(_))));
+        assert_eq!(clock::now() - started, Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_models_total_ends_the_attempts_at_the_deadline() {
+        let config = HANGING_PRIMARY.replace(
+            "max_attempts: 1",
+            "max_attempts: 5, backoff: {base: 1ms, max: 1ms}",
+        );
+        let started = clock::now();
+        let Err(error) = testing::chat(&config, "alone", false).await else {
+            panic!("a silent target cannot answer")
+        };
+        assert!(
+            matches!(error, GatewayError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+        // Attempts of 500 ms (and pauses of at most 1 ms) until the 1.2 s deadline cuts
+        // the third short.
+        assert_eq!(clock::now() - started, Duration::from_millis(1200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_is_retried_after_its_retry_after() {
+        let config = r#"
+providers:
+  busy: {kind: mock, mock: {faults: [{status: 429, retry_after: 2s}]}}
+models:
+  m: {targets: [{provider: busy}]}
+resilience: {max_attempts: 3}
+"#;
+        let started = clock::now();
+        let error = testing::chat(config, "m", false).await.err();
+        assert_eq!(
+            error.and_then(|e| e.retry_after()),
+            Some(Duration::from_secs(2))
+        );
+        // Three attempts, two pauses of exactly the Retry-After.
+        assert_eq!(clock::now() - started, Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_token_is_abandoned_at_the_first_byte_timeout() {
+        let config = r#"
+providers:
+  slow: {kind: mock, mock: {time_to_first_token: 2s}, timeouts: {first_byte: 300ms}}
+  spare: {kind: mock, mock: {time_to_first_token: 100ms, chunk_interval: 50ms}}
+models:
+  m: {targets: [{provider: slow}], fallbacks: [backup]}
+  backup: {targets: [{provider: spare}]}
+resilience: {max_attempts: 1}
+"#;
+        let started = clock::now();
+        let Ok(Reply::Stream(mut chunks)) = testing::chat(config, "m", true).await else {
+            panic!("a stream")
+        };
+        // The fallback's stream has started: its first content is held until here.
+        assert_eq!(
+            clock::now() - started,
+            Duration::from_millis(300 + 100 + 50)
+        );
+        let mut count = 0;
+        while let Some(chunk) = chunks.next().await {
+            assert!(chunk.is_ok());
+            count += 1;
+        }
+        assert!(count > 2, "the whole answer follows");
+    }
+}

@@ -10,12 +10,13 @@
 //! knobs add latency and failures (see `MockConfig`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, stream};
-use http::StatusCode;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::{ChatCall, EmbeddingsCall, Provider, embeddings};
+use super::{ChatCall, EmbeddingsCall, Provider, embeddings, upstream_error};
 use crate::api::chat::{AssistantMessage, ChatCompletion, Choice, Delta, FinishReason};
 use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::api::reply::{ChunkStream, JsonReply, Reply};
@@ -37,7 +38,7 @@ pub struct Mock {
 
 /// A fault chosen for one call.
 enum Fault {
-    Status(u16, Option<String>),
+    Status(u16, Option<String>, Option<Duration>),
     Hang,
     Cut(u32),
 }
@@ -54,7 +55,7 @@ impl Mock {
             .iter()
             .find(|f| fastrand::f64() < f.probability)
             .map(|f: &MockFault| match (f.status, f.hang, f.cut_after) {
-                (Some(status), _, _) => Fault::Status(status, f.body.clone()),
+                (Some(status), _, _) => Fault::Status(status, f.body.clone(), f.retry_after),
                 (None, true, _) => Fault::Hang,
                 (None, false, after) => Fault::Cut(after.unwrap_or(0)),
             })
@@ -67,11 +68,26 @@ impl Mock {
             None => Ok(None),
             Some(Fault::Cut(after)) => Ok(Some(after)),
             Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Status(status, body)) => {
+            Some(Fault::Status(status, body, retry_after)) => {
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let body = body.unwrap_or_else(|| default_error_body(status));
-                Err(super::mock_error(&self.name, status, body.as_bytes()))
+                let mut headers = HeaderMap::new();
+                if let Some(after) = retry_after {
+                    headers.insert(
+                        "retry-after-ms",
+                        HeaderValue::from(after.as_millis() as u64),
+                    );
+                }
+                // Read the way an OpenAI-compatible upstream's answer is.
+                let error = upstream_error::from_status(
+                    &self.name,
+                    status,
+                    &headers,
+                    body.as_bytes(),
+                    upstream_error::openai_error,
+                );
+                Err(error)
             }
         }
     }

@@ -28,17 +28,6 @@ use crate::config::provider::ProviderSettings;
 use crate::error::GatewayError;
 use http_client::HttpClients;
 
-/// An error status from the built-in mock, read as OpenAI's error body.
-pub fn mock_error(provider: &str, status: http::StatusCode, body: &[u8]) -> GatewayError {
-    upstream_error::from_status(
-        provider,
-        status,
-        &http::HeaderMap::new(),
-        body,
-        upstream_error::openai_error,
-    )
-}
-
 /// One chat completion attempt against one target.
 pub struct ChatCall<'a> {
     pub request: &'a ChatRequest,
