@@ -268,3 +268,83 @@ impl Drop for RequestRecord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::report::Sink;
+    use crate::usage::UsageSource;
+
+    /// Keeps every report it receives.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Report>>);
+
+    impl Sink for Kept {
+        fn record(&self, report: &Report) {
+            self.0.lock().unwrap().push(report.clone());
+        }
+    }
+
+    fn record(kept: &Arc<Kept>) -> RequestRecord {
+        let config = format!("auth: {{keys: {{alice: {{sha256: {}}}}}}}", "0".repeat(64));
+        let raw = crate::config::parse(&config, |_| None).unwrap();
+        let keys = crate::auth::KeyTable::build(&raw.auth);
+        let sinks: Sinks = Arc::new([kept.clone() as Arc<dyn Sink>]);
+        let key = keys.by_name("alice").unwrap();
+        RequestRecord::new(
+            "req_1".into(),
+            Endpoint::ChatCompletions,
+            key,
+            Arc::default(),
+            sinks,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_stream_is_reported_once_with_its_timings_and_facts() {
+        let kept = Arc::new(Kept::default());
+        let record = record(&kept);
+        let step = || tokio::time::advance(Duration::from_millis(10));
+        step().await;
+        record.mark(Mark::UpstreamStart);
+        step().await;
+        record.mark(Mark::FirstByte);
+        record.mark(Mark::FirstContent);
+        record.respond(200, true);
+        record.set_identity(Some("chatcmpl-1".into()), Some("gpt-x-0613".into()));
+        record.add_finish_reason(FinishReason::Length);
+        record.set_usage(Usage::new(3, 4, UsageSource::Provider));
+        step().await;
+        record.mark(Mark::FirstContent); // only the first occurrence counts
+        record.end_stream(None);
+        drop(record);
+        let reports = kept.0.lock().unwrap();
+        let [report] = reports.as_slice() else {
+            panic!("one report: {reports:?}")
+        };
+        let ms = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(report.timings.upstream_start, ms(10));
+        assert_eq!(
+            (report.timings.first_byte, report.timings.first_content),
+            (ms(20), ms(20))
+        );
+        assert_eq!((report.timings.end, Some(report.total)), (ms(30), ms(30)));
+        assert_eq!((report.status, report.error), (200, None));
+        assert_eq!(&*report.key, "alice");
+        assert_eq!(report.finish_reasons, [FinishReason::Length]);
+        assert_eq!(report.response_id.as_deref(), Some("chatcmpl-1"));
+        assert_eq!(report.response_model.as_deref(), Some("gpt-x-0613"));
+        assert_eq!(report.usage.map(|u| u.total_tokens), Some(7));
+    }
+
+    #[test]
+    fn a_client_that_leaves_mid_stream_is_reported_as_499() {
+        let kept = Arc::new(Kept::default());
+        let record = record(&kept);
+        record.respond(200, true);
+        drop(record);
+        assert_eq!(kept.0.lock().unwrap()[0].status, CLIENT_CLOSED_REQUEST);
+    }
+}

@@ -62,3 +62,47 @@ async fn collect(mut body: Body, limit: u64, idle: Duration) -> Result<Bytes, Ga
     }
     Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::clock;
+
+    /// A body that sends `pieces`, each after `gap`, then stalls.
+    fn stalling(pieces: &'static [&'static str], gap: Duration) -> Body {
+        let sent = futures_util::stream::iter(pieces).then(move |piece| async move {
+            tokio::time::sleep(gap).await;
+            Ok::<_, Infallible>(Bytes::from_static(piece.as_bytes()))
+        });
+        Body::from_stream(sent.chain(futures_util::stream::pending()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_times_out_after_the_idle_limit_not_before() {
+        let idle = Duration::from_millis(500);
+        let started = clock::now();
+        let body = stalling(&["{\"a\":", "1"], Duration::from_millis(400));
+        let error = collect(body, 1024, idle).await.err();
+        assert!(
+            matches!(error, Some(GatewayError::BodyTimeout(_))),
+            "{error:?}"
+        );
+        // Two pieces 400 ms apart (never 500 ms of silence), then the limit.
+        assert_eq!(clock::now() - started, Duration::from_millis(1300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunked_body_over_the_limit_is_refused_as_it_arrives() {
+        let body = stalling(&["0123456789", "0123456789"], Duration::ZERO);
+        let error = collect(body, 15, Duration::from_secs(1)).await.err();
+        assert!(
+            matches!(error, Some(GatewayError::BodyTooLarge { limit: 15 })),
+            "{error:?}"
+        );
+    }
+}
