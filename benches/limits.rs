@@ -17,7 +17,8 @@ use switchyard::config::schema::{
     AuthConfig, KeyConfig, LimitsBackend, LimitsSettings, RedisSettings,
 };
 use switchyard::http::parse;
-use switchyard::limits::{Check, Limiter, Period, Plan, Used, tokens};
+use switchyard::limits::tokens::Tokenizer;
+use switchyard::limits::{Check, Limiter, Period, Plan, Used};
 use switchyard::metrics::Metrics;
 use switchyard::pipeline::Call;
 
@@ -97,8 +98,9 @@ fn auth_and_tokens(c: &mut Criterion) {
         panic!("the bench payload parses")
     };
     let mut group = c.benchmark_group("limits");
+    let tokenizer = Tokenizer::for_model("gpt-4o-mini");
     group.bench_function("count_prompt_tokens", |b| {
-        b.iter(|| tokens::chat_prompt(black_box(&request), "gpt-4o-mini"))
+        b.iter(|| tokenizer.chat_prompt(black_box(&request)))
     });
     group.finish();
 }

@@ -32,6 +32,8 @@ pub enum StartError {
     },
     #[error("cannot watch the config for reloads: {0}")]
     Watch(std::io::Error),
+    #[error("loading the config failed: {0}")]
+    Load(String),
 }
 
 /// A gateway serving in the background.
@@ -49,7 +51,12 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the config, binds the listeners and starts serving.
     pub async fn start(options: GatewayOptions) -> Result<Self, StartError> {
-        let store = Arc::new(ConfigStore::open(options.config)?);
+        // Loading reads files and builds tokenizers: off the async workers, as a reload is.
+        let config = options.config;
+        let store = tokio::task::spawn_blocking(move || ConfigStore::open(config))
+            .await
+            .map_err(|e| StartError::Load(e.to_string()))??;
+        let store = Arc::new(store);
         let snapshot = store.current();
         let public = bind(options.listen.unwrap_or(snapshot.server.listen)).await?;
         let admin = match snapshot.admin.as_ref().and_then(|a| a.listen) {

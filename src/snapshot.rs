@@ -15,6 +15,7 @@ use crate::config::schema::{
 };
 use crate::config::{ConfigError, RawConfig};
 use crate::health::TargetHealth;
+use crate::limits::tokens::Tokenizer;
 use crate::pricing::PriceTable;
 use crate::providers::{self, Provider};
 use crate::shared::Shared;
@@ -64,6 +65,8 @@ pub struct Target {
     pub weight: u32,
     pub priority: u32,
     pub max_tokens: Option<u64>,
+    /// The upstream model's tokenizer, built with the snapshot.
+    pub tokenizer: Tokenizer,
     pub health: Arc<TargetHealth>,
 }
 
@@ -145,6 +148,7 @@ impl Snapshot {
                             weight: t.weight,
                             priority: t.priority,
                             max_tokens: t.max_tokens,
+                            tokenizer: Tokenizer::for_model(upstream_model),
                             health: shared.health.get(&t.provider, upstream_model, budget),
                         })
                     })

@@ -42,6 +42,16 @@ pub enum EmbeddingInput {
 }
 
 impl EmbeddingInput {
+    /// Bytes of text to embed (token arrays count a few bytes a token).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Texts(texts) => texts.iter().map(String::len).sum(),
+            Self::Tokens(tokens) => tokens.len() * 4,
+            Self::TokenBatches(batches) => batches.iter().map(|b| b.len() * 4).sum(),
+        }
+    }
+
     /// Each input as text (token arrays are rendered as their numbers).
     pub fn texts(&self) -> Vec<String> {
         let tokens = |t: &[u32]| t.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");

@@ -1,7 +1,8 @@
 //! Counting a request's prompt tokens for reservations: with the model's real tokenizer
 //! where it is known (OpenAI's o200k and cl100k encodings, from tiktoken-rs, which ships
 //! them), an estimate of four bytes a token otherwise. Only requests subject to a token
-//! limit or a budget pay for this.
+//! limit or a budget pay for this. Each target's [`Tokenizer`] is picked, and its encoding
+//! built, when the config is loaded.
 
 use std::sync::OnceLock;
 
@@ -46,36 +47,43 @@ fn encoding(model: &str) -> Option<&'static CoreBPE> {
     }
 }
 
-fn count(text: &str, encoding: Option<&CoreBPE>) -> u64 {
-    match encoding {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
-        None => estimate_tokens(text.len()),
+/// A target's tokenizer, chosen (and its encoding built) when the config is loaded, never
+/// by a request: building an encoding takes tens of milliseconds.
+#[derive(Clone, Copy, Default)]
+pub struct Tokenizer(Option<&'static CoreBPE>);
+
+impl Tokenizer {
+    /// The tokenizer of the upstream model `model`: its real one when Switchyard knows it,
+    /// an estimate of four bytes a token otherwise.
+    pub fn for_model(model: &str) -> Self {
+        Self(encoding(model))
     }
-}
 
-/// Prompt tokens of a chat request for `model`: each message's text plus OpenAI's framing
-/// (about four tokens a message, three to prime the answer).
-pub fn chat_prompt(request: &ChatRequest, model: &str) -> u64 {
-    let Some(bpe) = encoding(model) else {
-        return estimate_prompt_tokens(request);
-    };
-    let text: u64 = request
-        .messages
-        .iter()
-        .map(|m| {
-            m.content
-                .as_ref()
-                .map_or(0, |c| count(&c.text(), Some(bpe)))
-                + 4
-        })
-        .sum();
-    text + 3
-}
+    fn count(self, text: &str) -> u64 {
+        match self.0 {
+            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+            None => estimate_tokens(text.len()),
+        }
+    }
 
-/// Tokens of embedding inputs for `model`.
-pub fn texts(texts: &[String], model: &str) -> u64 {
-    let bpe = encoding(model);
-    texts.iter().map(|t| count(t, bpe)).sum()
+    /// Prompt tokens of a chat request: each message's text plus OpenAI's framing (about
+    /// four tokens a message, three to prime the answer).
+    pub fn chat_prompt(self, request: &ChatRequest) -> u64 {
+        if self.0.is_none() {
+            return estimate_prompt_tokens(request);
+        }
+        let text: u64 = request
+            .messages
+            .iter()
+            .map(|m| m.content.as_ref().map_or(0, |c| self.count(&c.text())) + 4)
+            .sum();
+        text + 3
+    }
+
+    /// Tokens of embedding inputs.
+    pub fn texts(self, texts: &[String]) -> u64 {
+        texts.iter().map(|t| self.count(t)).sum()
+    }
 }
 
 #[cfg(test)]
@@ -85,8 +93,9 @@ mod tests {
     #[test]
     fn known_models_use_their_tokenizer() {
         // "hello world" is two tokens in both encodings; the estimate would say 3.
-        assert_eq!(texts(&["hello world".to_owned()], "gpt-4o-mini"), 2);
-        assert_eq!(texts(&["hello world".to_owned()], "gpt-4"), 2);
-        assert_eq!(texts(&["hello world".to_owned()], "claude-sonnet-4-5"), 3);
+        let texts = |model| Tokenizer::for_model(model).texts(&["hello world".to_owned()]);
+        assert_eq!(texts("gpt-4o-mini"), 2);
+        assert_eq!(texts("gpt-4"), 2);
+        assert_eq!(texts("claude-sonnet-4-5"), 3);
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
 use super::{Call, GatewayRequest};
@@ -21,7 +21,10 @@ use crate::api::reply::Reply;
 use crate::config::schema::{BudgetConfig, LimitConfig};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::limits::{Check, Limiter, Period, Plan, Rejection, key_scope, team_scope, tokens};
+use crate::limits::tokens::Tokenizer;
+use crate::limits::{Check, Limiter, Period, Plan, Rejection, key_scope, team_scope};
+use crate::snapshot::ModelRoute;
+use crate::usage::estimate_tokens;
 
 #[derive(Clone)]
 pub struct LimitsLayer {
@@ -58,29 +61,26 @@ where
 {
     type Response = Reply;
     type Error = GatewayError;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Reply, GatewayError>>>;
+    type Future = BoxFuture<'static, Result<Reply, GatewayError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: GatewayRequest) -> Self::Future {
-        let plan = plan(&request.ctx, &request.call);
-        if plan.is_empty() {
-            return Either::Left(self.inner.call(request));
-        }
         // The service that was made ready is the one that must be called.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let limiter = self.limiter.clone();
-        Either::Right(Box::pin(async move {
+        Box::pin(async move {
+            let plan = plan(&request.ctx, &request.call).await;
             let admission = limiter.reserve(&plan).await.map_err(rejected)?;
             let record = &request.ctx.record;
             record.set_limit_status(admission.status);
             let settling = limiter.clone();
             record.on_settle(Box::new(move |used| settling.settle(admission, used)));
             inner.call(request).await
-        }))
+        })
     }
 }
 
@@ -95,7 +95,7 @@ fn rejected(rejection: Rejection) -> GatewayError {
 }
 
 /// Every limit and budget that applies to this request, with what it would reserve.
-fn plan(ctx: &RequestContext, call: &Call) -> Plan {
+async fn plan(ctx: &RequestContext, call: &Call) -> Plan {
     let (key, Some(route)) = (&ctx.key, &ctx.route) else {
         return Plan::default();
     };
@@ -118,7 +118,7 @@ fn plan(ctx: &RequestContext, call: &Call) -> Plan {
         limits.tpm.is_some() || per_model.is_some_and(|l| l.tpm.is_some()) || has_budget(budget)
     });
     let (tokens, cost) = if counts_tokens {
-        worst_case(ctx, call)
+        worst_case(ctx, route, call).await
     } else {
         (0, 0.0)
     };
@@ -178,26 +178,26 @@ fn add_limits(plan: &mut Plan, scope: &str, limits: &LimitConfig, tokens: u64) {
     }
 }
 
+/// Prompts longer than this (bytes of text) are counted on the blocking pool: at about
+/// 20 µs a kilobyte, counting them on an async worker would stall the requests behind it.
+const COUNT_OFF_WORKER: usize = 32 * 1024;
+
 /// The most tokens the request can use (its prompt, counted with the model's tokenizer
 /// when known, plus its completion budget), and the most it can cost (at its most
 /// expensive target).
-fn worst_case(ctx: &RequestContext, call: &Call) -> (u64, f64) {
+async fn worst_case(ctx: &RequestContext, route: &ModelRoute, call: &Call) -> (u64, f64) {
     let snapshot = &ctx.snapshot;
-    let Some(route) = &ctx.route else {
-        return (0, 0.0);
-    };
-    let tokenizer_model = route
+    let tokenizer = route
         .usable_targets()
         .next()
-        .map_or("", |t| &*t.upstream_model);
-    let (prompt, completion) = match call {
-        Call::Chat(request) => (
-            tokens::chat_prompt(request, tokenizer_model),
-            request
-                .max_output_tokens()
-                .unwrap_or(snapshot.limits.default_completion_tokens),
-        ),
-        Call::Embeddings(request) => (tokens::texts(&request.input.texts(), tokenizer_model), 0),
+        .map(|t| t.tokenizer)
+        .unwrap_or_default();
+    let prompt = prompt_tokens(tokenizer, call).await;
+    let completion = match call {
+        Call::Chat(request) => request
+            .max_output_tokens()
+            .unwrap_or(snapshot.limits.default_completion_tokens),
+        Call::Embeddings(_) => 0,
     };
     let cost = route
         .usable_targets()
@@ -205,4 +205,60 @@ fn worst_case(ctx: &RequestContext, call: &Call) -> (u64, f64) {
         .map(|price| price.ceiling(prompt, completion))
         .fold(0.0, f64::max);
     (prompt + completion, cost)
+}
+
+async fn prompt_tokens(tokenizer: Tokenizer, call: &Call) -> u64 {
+    let count: Box<dyn FnOnce() -> u64 + Send> = match call {
+        Call::Chat(request) => {
+            let request = request.clone();
+            Box::new(move || tokenizer.chat_prompt(&request))
+        }
+        Call::Embeddings(request) => {
+            let request = request.clone();
+            Box::new(move || tokenizer.texts(&request.input.texts()))
+        }
+    };
+    let text_len = call.text_len();
+    if text_len <= COUNT_OFF_WORKER {
+        return count();
+    }
+    // Counting cannot panic; should the blocking pool fail anyway, estimate.
+    tokio::task::spawn_blocking(count)
+        .await
+        .unwrap_or_else(|_| estimate_tokens(text_len))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::chat::ChatRequest;
+
+    fn chat(text: &str) -> Call {
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let request: ChatRequest = serde_json::from_value(body).unwrap();
+        Call::Chat(Arc::new(request))
+    }
+
+    #[tokio::test]
+    async fn a_long_prompt_counted_on_the_blocking_pool_counts_like_any_other() {
+        let tokenizer = Tokenizer::for_model("gpt-4o");
+        let long = "hello world ".repeat(4 * 1024);
+        let call = chat(&long);
+        assert!(call.text_len() > COUNT_OFF_WORKER);
+        let Call::Chat(request) = &call else {
+            unreachable!()
+        };
+        assert_eq!(
+            prompt_tokens(tokenizer, &call).await,
+            tokenizer.chat_prompt(request)
+        );
+        // "hello world" is 2 tokens, plus the message's and the answer's framing.
+        assert_eq!(
+            prompt_tokens(tokenizer, &chat("hello world")).await,
+            2 + 4 + 3
+        );
+    }
 }

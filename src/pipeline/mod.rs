@@ -44,6 +44,19 @@ impl Call {
         }
     }
 
+    /// Bytes of text in the prompt (or the inputs to embed).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Self::Chat(request) => request
+                .messages
+                .iter()
+                .filter_map(|m| m.content.as_ref())
+                .map(|c| c.text_len())
+                .sum(),
+            Self::Embeddings(request) => request.input.text_len(),
+        }
+    }
+
     /// The end user the client named in the request's `user` field.
     pub fn user(&self) -> Option<&str> {
         match self {
