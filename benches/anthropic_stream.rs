@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use switchyard::providers::anthropic::stream::StreamTranslator;
+use switchyard::bench::StreamTranslator;
 
 /// message_start, 100 text deltas, a tool call in 20 fragments, message_delta, message_stop.
 fn transcript() -> Vec<String> {

@@ -13,14 +13,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use std::hint::black_box;
 use switchyard::auth::{self, KeyTable, hash_key, hex};
+use switchyard::bench::Call;
+use switchyard::bench::Metrics;
+use switchyard::bench::Tokenizer;
+use switchyard::bench::parse;
+use switchyard::bench::{Check, Limiter, Period, Plan, Used};
 use switchyard::config::schema::{
     AuthConfig, KeyConfig, LimitsBackend, LimitsSettings, RedisSettings,
 };
-use switchyard::http::parse;
-use switchyard::limits::tokens::Tokenizer;
-use switchyard::limits::{Check, Limiter, Period, Plan, Used};
-use switchyard::metrics::Metrics;
-use switchyard::pipeline::Call;
 
 const REQUEST: &[u8] = include_bytes!("chat-request.json");
 const KEY: &str = "sk-sy-bench-0123456789abcdef0123456789";

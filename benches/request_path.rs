@@ -6,11 +6,11 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use switchyard::api::reply::JsonReply;
-use switchyard::http::parse;
-use switchyard::pipeline::Call;
-use switchyard::providers::ChatCall;
-use switchyard::providers::openai::chat_body;
+use switchyard::bench::Call;
+use switchyard::bench::ChatCall;
+use switchyard::bench::JsonReply;
+use switchyard::bench::chat_body;
+use switchyard::bench::parse;
 
 const REQUEST: &[u8] = include_bytes!("chat-request.json");
 

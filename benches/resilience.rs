@@ -8,15 +8,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard::bench::Endpoint;
+use switchyard::bench::Pass;
+use switchyard::bench::RequestContext;
+use switchyard::bench::RequestRecord;
+use switchyard::bench::Shared;
+use switchyard::bench::Snapshot;
+use switchyard::bench::balance;
+use switchyard::bench::parse as parse_body;
 use switchyard::config::parse;
-use switchyard::context::RequestContext;
-use switchyard::health::breaker::Pass;
-use switchyard::http::parse as parse_body;
-use switchyard::pipeline::balance;
-use switchyard::record::RequestRecord;
-use switchyard::report::Endpoint;
-use switchyard::shared::Shared;
-use switchyard::snapshot::Snapshot;
 
 const CONFIG: &str = r#"
 providers:

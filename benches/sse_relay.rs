@@ -10,15 +10,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{FutureExt, StreamExt, stream};
-use switchyard::api::chunk::Chunk;
-use switchyard::api::reply::ChunkStream;
 use switchyard::auth::{Key, KeyTable};
+use switchyard::bench::Chunk;
+use switchyard::bench::ChunkStream;
+use switchyard::bench::Metered;
+use switchyard::bench::Metrics;
+use switchyard::bench::RequestRecord;
+use switchyard::bench::SseRelay;
+use switchyard::bench::{Endpoint, Sinks};
 use switchyard::config::parse;
-use switchyard::http::relay::SseRelay;
-use switchyard::metrics::Metrics;
-use switchyard::pipeline::watchers::Metered;
-use switchyard::record::RequestRecord;
-use switchyard::report::{Endpoint, Sinks};
 
 const CHUNKS: usize = 20;
 

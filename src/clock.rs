@@ -55,11 +55,6 @@ pub fn unix_seconds() -> u64 {
     wall().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> u64 {
-    wall().duration_since(UNIX_EPOCH).map_or(0, as_millis)
-}
-
 /// The monotonic clock in the shape governor's rate limiters take, so its GCRA follows
 /// paused time too.
 #[derive(Debug, Clone, Copy, Default)]

@@ -14,6 +14,8 @@ use crate::config::{ConfigErrors, ConfigSource};
 use crate::health_checks;
 use crate::reload::{self, ConfigStore};
 use crate::server::{self, ServerOptions};
+use crate::shared::Shared;
+use crate::snapshot::Snapshot;
 
 pub struct GatewayOptions {
     pub config: ConfigSource,
@@ -146,6 +148,17 @@ fn spawn_server(
         },
         move || grace_store.current().server.shutdown_grace,
     ))
+}
+
+/// Loads and builds the config at `source` without serving it: a summary of its providers
+/// and models, or every problem found (`switchyard check-config`).
+pub fn check_config(source: &ConfigSource) -> Result<String, ConfigErrors> {
+    let raw = crate::config::load(source)?;
+    let snapshot = Snapshot::build(raw, &Shared::default()).map_err(|errors| ConfigErrors {
+        origin: source.to_string(),
+        errors,
+    })?;
+    Ok(snapshot.summary())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -3,15 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use switchyard::auth;
-use switchyard::config::{self, ConfigSource};
-use switchyard::gateway::shutdown_signal;
-use switchyard::shared::Shared;
-use switchyard::snapshot::Snapshot;
-use switchyard::{Gateway, GatewayOptions};
+use switchyard::config::ConfigSource;
+use switchyard::{Gateway, GatewayOptions, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -104,16 +100,10 @@ fn serve(source: ConfigSource, listen: Option<SocketAddr>) -> ExitCode {
 }
 
 fn check_config(source: &ConfigSource) -> ExitCode {
-    let built = config::load(source).and_then(|raw| {
-        Snapshot::build(raw, &Arc::new(Shared::default())).map_err(|errors| config::ConfigErrors {
-            origin: source.to_string(),
-            errors,
-        })
-    });
-    match built {
-        Ok(snapshot) => {
+    match switchyard::check_config(source) {
+        Ok(summary) => {
             println!("{source}: OK");
-            print!("{}", snapshot.summary());
+            print!("{summary}");
             ExitCode::SUCCESS
         }
         Err(errors) => {
