@@ -49,11 +49,9 @@ use crate::error::GatewayError;
 use crate::headers::REQUEST_ID;
 use crate::http::auth::{AuthLayer, Door, Listener};
 use crate::http::{App, admin, handlers, hygiene, request_id::MakeId};
-use crate::pipeline::Pipeline;
-use crate::pipeline::access::AccessLayer;
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
-use crate::pipeline::route::RouteLayer;
+use crate::pipeline::{Pipeline, access, route};
 use crate::reload::ConfigStore;
 use crate::shared::Shared;
 
@@ -72,8 +70,8 @@ pub fn app(store: Arc<ConfigStore>) -> App {
 /// comes from the request's config snapshot, so a reload never rebuilds this stack.
 pub fn pipeline(shared: &Shared) -> Pipeline {
     let stack = ServiceBuilder::new()
-        .layer(AccessLayer)
-        .layer(RouteLayer)
+        .layer(access::layer())
+        .layer(route::layer())
         .layer(LimitsLayer::new(shared.limiter.clone()))
         .service(Resilience);
     BoxCloneSyncService::new(stack)

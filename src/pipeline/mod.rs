@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod limits;
 pub mod resilience;
 pub mod route;
+pub mod step;
 pub mod watchers;
 
 use std::sync::Arc;

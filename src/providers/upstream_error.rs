@@ -95,6 +95,19 @@ pub fn from_status(
     upstream(provider, status, kind, parts, plain)
 }
 
+/// An error event inside a stream, read as `parts`, with the status its type or code
+/// stands for.
+pub fn stream_event(provider: &str, status: StatusCode, parts: ErrorParts) -> GatewayError {
+    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
+    upstream(
+        provider,
+        status,
+        kind,
+        parts,
+        "the provider failed mid-stream".into(),
+    )
+}
+
 /// The error an upstream reported, in a body or as an event in a stream: `fallback` is
 /// the message when `parts` has none.
 pub fn upstream(

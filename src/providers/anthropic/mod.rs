@@ -233,14 +233,7 @@ fn stream_error(provider: &str, error: NativeError) -> GatewayError {
     };
     let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     let parts = error.into_parts();
-    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
-    upstream_error::upstream(
-        provider,
-        status,
-        kind,
-        parts,
-        "the provider failed mid-stream".into(),
-    )
+    upstream_error::stream_event(provider, status, parts)
 }
 
 #[cfg(test)]

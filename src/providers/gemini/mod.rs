@@ -271,14 +271,7 @@ fn stream_error(provider: &str, error: NativeError) -> GatewayError {
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let parts = error.into_parts(Some(status));
-    let kind = parts.kind.unwrap_or(UpstreamKind::from_status(status));
-    upstream_error::upstream(
-        provider,
-        status,
-        kind,
-        parts,
-        "the provider failed mid-stream".into(),
-    )
+    upstream_error::stream_event(provider, status, parts)
 }
 
 #[cfg(test)]
