@@ -22,7 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-use crate::http::connection_guard::{self, ConnectionGuard, LengthConflicts};
+use crate::http::connection_guard::{self, ConnectionGuard, LengthConflict};
 
 pub struct ServerOptions {
     pub header_read_timeout: Duration,
@@ -66,10 +66,10 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
-        let conflicts = Arc::new(LengthConflicts::default());
-        let guard = ConnectionGuard::new(stream, options.header_read_timeout, conflicts.clone());
+        let conflict = Arc::new(LengthConflict::default());
+        let guard = ConnectionGuard::new(stream, options.header_read_timeout, conflict.clone());
         let io = TokioIo::new(guard);
-        let service = connection_service(router.clone(), conflicts);
+        let service = connection_service(router.clone(), conflict);
         let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -87,11 +87,12 @@ pub async fn serve(
     }
 }
 
-/// One connection's service: requests go to the router, except one the connection guard
-/// found ambiguous, which is answered with a 400 (hyper then closes the connection).
+/// One connection's service: requests go to the router, except those with
+/// Transfer-Encoding once the connection guard has seen both length headers in one head
+/// (or in what could be one), which are answered with a 400 that closes the connection.
 fn connection_service(
     router: Router,
-    conflicts: Arc<LengthConflicts>,
+    conflict: Arc<LengthConflict>,
 ) -> impl hyper::service::Service<
     http::Request<Incoming>,
     Response = axum::response::Response,
@@ -99,10 +100,10 @@ fn connection_service(
     Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        let conflicting = conflicts.next_request_conflicts();
+        let rejected = conflict.rejects(&request);
         let router = router.clone();
         async move {
-            if conflicting {
+            if rejected {
                 return Ok(connection_guard::rejection(&request));
             }
             router.oneshot(request).await

@@ -148,3 +148,149 @@ async fn http2_prior_knowledge_is_served() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);
 }
+
+/// A request for the model list, which is answered with `"object":"list"` if it is
+/// served: the observable that tells whether a hidden request got through.
+fn models(extra_headers: &str) -> String {
+    format!(
+        "GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\n{extra_headers}\r\n"
+    )
+}
+
+/// A chat request with a chunked body written out as `body`.
+fn chunked_chat(body: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+    )
+}
+
+/// Where a shape's bytes are split into separate writes, with a pause between them.
+const PAUSE: &str = "\0pause\0";
+
+/// `hidden` as the next request after each carrier that took the framing scanner the
+/// guard once had out of step with hyper (the scanner skipped `hidden` or stopped
+/// looking, while hyper parses it as the next request), plus `hidden` alone.
+fn bypasses(hidden: &str) -> Vec<(&'static str, String)> {
+    let size = CHAT.len();
+    // A request that hyper swallows as trailers while the scanner took it for a request
+    // whose body is `hidden`.
+    let decoy = format!(
+        "GET /decoy HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    let shapes = [
+        ("plain", hidden.to_owned()),
+        (
+            "upgrade",
+            format!(
+                "GET /v1/models/mock HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TEST_KEY}\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "CONNECT answered non-2xx",
+            format!("CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n\r\n{hidden}"),
+        ),
+        (
+            "chunk size with leading zeros",
+            chunked_chat(&format!(
+                "{}{size:x}\r\n{CHAT}\r\n0\r\n\r\n{hidden}",
+                "0".repeat(20)
+            )),
+        ),
+        // The scanner gave up on a chunk-size line once more than 8 KiB of it had come in
+        // without its end. Whatever the reads, 100,000 spaces span one that ends inside
+        // them (hyper takes any number).
+        (
+            "chunk size padded with spaces",
+            chunked_chat(&format!(
+                "{size:x}{}\r\n{CHAT}\r\n0\r\n\r\n{hidden}",
+                " ".repeat(100_000)
+            )),
+        ),
+        // hyper takes at most 16 KiB of extensions per body, so here the read that ends
+        // inside the line is brought about by a pause 10,000 bytes into it.
+        (
+            "long chunk extension",
+            chunked_chat(&format!(
+                "{size:x};ext={}{PAUSE}{}\r\n{CHAT}\r\n0\r\n\r\n{hidden}",
+                "x".repeat(10_000),
+                "x".repeat(5_000)
+            )),
+        ),
+        (
+            "bare LF after the last chunk, then a decoy",
+            chunked_chat(&format!("{size:x}\r\n{CHAT}\r\n0\r\n\n{decoy}")),
+        ),
+        (
+            "trailer ending in a bare LF, then a decoy",
+            chunked_chat(&format!(
+                "{size:x}\r\n{CHAT}\r\n0\r\nX-Trailer: 1\n\r\n{decoy}"
+            )),
+        ),
+    ];
+    shapes.into()
+}
+
+/// Writes `bytes` (pausing at each [`PAUSE`]) and returns all the server sent until it
+/// closed or reset the connection.
+async fn send_all_read_all(gateway: &TestGateway, bytes: &str) -> String {
+    let mut stream = TcpStream::connect(gateway.gateway.addr).await.unwrap();
+    for (i, piece) in bytes.split(PAUSE).enumerate() {
+        if i > 0 {
+            // Long enough for the server to read what came before on its own. Only a
+            // way to split its reads: no outcome depends on it.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // The server may close the connection before taking everything (it answered an
+        // earlier request with a 400 and `Connection: close`): what it sent is what
+        // counts.
+        if stream.write_all(piece.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut received = Vec::new();
+    let closed = stream.read_to_end(&mut received);
+    // A reset (unread bytes left on the server's side) ends the connection too.
+    let _ = hang_guard("the server closes the connection", closed).await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn each_bypass_shape_gets_a_hidden_request_to_hyper() {
+    // Without a length conflict the hidden request is served: each carrier really makes
+    // hyper parse it as the next request, so the test below is not vacuous.
+    let gateway = gateway().await;
+    for (shape, bytes) in bypasses(&models("Connection: close\r\n")) {
+        let response = send_all_read_all(&gateway, &bytes).await;
+        assert!(
+            response.contains(r#""object":"list""#),
+            "{shape}: the hidden request is not served:\n{response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_smuggled_request_is_never_served_whatever_precedes_it() {
+    let gateway = gateway().await;
+    let smuggled = models("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n") + "0\r\n\r\n";
+    let mut served = Vec::new();
+    for (shape, bytes) in bypasses(&smuggled) {
+        let response = send_all_read_all(&gateway, &bytes).await;
+        // The 400 is for the smuggled request or for an earlier chunked one; either way
+        // it is the last answer on the connection, and the model list is never sent.
+        let rejected = response.rfind("HTTP/1.1 400 Bad Request\r\n");
+        let last = response.rfind("HTTP/1.1 ");
+        let refused = rejected.is_some()
+            && rejected == last
+            && response.contains("Transfer-Encoding and Content-Length")
+            && !response.contains(r#""object":"list""#);
+        if !refused {
+            served.push(format!("{shape}:\n{response}"));
+        }
+    }
+    assert!(
+        served.is_empty(),
+        "smuggled past the guard:\n{}",
+        served.join("\n\n")
+    );
+}
