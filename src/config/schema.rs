@@ -108,7 +108,9 @@ impl Default for RetryBudgetSettings {
 
 /// When a target's circuit opens: `consecutive_failures` in a row, or a `failure_ratio`
 /// of at least `min_requests` requests in the last `window`. Open, the target gets no
-/// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`), then
+/// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`: at the
+/// defaults a dead target is probed every 10 s, so one that recovers serves again within
+/// that and the gap to the next request), then
 /// up to `half_open_probes` requests test it; the first success closes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,7 +135,7 @@ impl Default for BreakerSettings {
             window: Duration::from_secs(30),
             min_requests: 20,
             cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(300),
+            max_cooldown: Duration::from_secs(10),
             half_open_probes: 1,
         }
     }

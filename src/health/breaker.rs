@@ -374,6 +374,35 @@ mod tests {
         assert_eq!(breaker.view(&settings).window_requests, 1);
     }
 
+    /// A target down for a minute, then healthy, with one request every 4 s (each one the
+    /// probe when one is due) and the default settings: how long after the recovery the
+    /// target serves again.
+    #[tokio::test(start_paused = true)]
+    async fn with_the_defaults_a_recovered_target_serves_again_within_15_s() {
+        let (settings, metrics) = (BreakerSettings::default(), Metrics::new());
+        for outage_s in [20, 60, 61, 63, 600] {
+            let breaker = Breaker::new("p/m".into());
+            let start = clock::now();
+            let recovered_at = start + Duration::from_secs(outage_s);
+            let back = loop {
+                let now = clock::now();
+                if let Some(pass) = breaker.pass(&settings, &metrics) {
+                    let failed = now < recovered_at;
+                    breaker.record(pass, failed, &settings, &metrics);
+                    if !failed {
+                        break now;
+                    }
+                }
+                tokio::time::advance(Duration::from_secs(4)).await;
+            };
+            let after = back - recovered_at;
+            assert!(
+                after <= Duration::from_secs(15),
+                "outage {outage_s}s: back {after:?} after recovery"
+            );
+        }
+    }
+
     #[test]
     fn opens_on_a_failure_ratio_with_enough_requests() {
         let (breaker, settings, metrics) = (Breaker::new("p/m".into()), settings(), Metrics::new());
