@@ -36,6 +36,7 @@ fn request_path(c: &mut Criterion) {
     let Ok(Call::Chat(request)) = parse::chat(REQUEST) else {
         panic!("the bench payload parses")
     };
+    let skipped = std::sync::Arc::default();
     group.bench_function("write_upstream_body", |b| {
         b.iter(|| {
             let call = ChatCall {
@@ -43,6 +44,7 @@ fn request_path(c: &mut Criterion) {
                 model: "gpt-4o-mini-2024-07-18",
                 request_id: "req_0123456789abcdef01234567",
                 max_tokens: None,
+                skipped: &skipped,
             };
             chat_body(&call)
         })

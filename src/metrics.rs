@@ -46,6 +46,7 @@ pub struct Metrics {
     breaker_state: Family<TargetLabels, Gauge>,
     breaker_trips: Family<TargetLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
+    malformed_events: Family<TargetLabels, Counter>,
 }
 
 impl Metrics {
@@ -93,7 +94,14 @@ impl Metrics {
             "Calls to upstream targets (retries and fallbacks included), by outcome",
             attempts.clone(),
         );
+        let malformed_events = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "upstream_malformed_events",
+            "Upstream stream events dropped for not being valid JSON (on_malformed_event: skip)",
+            malformed_events.clone(),
+        );
         Self {
+            malformed_events,
             registry,
             requests,
             config_reloads,
@@ -126,6 +134,13 @@ impl Metrics {
             outcome,
         };
         self.attempts.get_or_create(&labels).inc();
+    }
+
+    pub fn count_malformed_event(&self, target: &Arc<str>) {
+        let labels = TargetLabels {
+            target: target.clone(),
+        };
+        self.malformed_events.get_or_create(&labels).inc();
     }
 
     pub fn count_limits_error(&self) {

@@ -89,8 +89,42 @@ async fn a_stream_that_stalls_after_content_ends_at_the_idle_timeout() {
     );
 }
 
+/// The provider setting that makes a malformed event end its stream.
+const FAIL_ON_MALFORMED: &str = "    on_malformed_event: fail\n";
+
 #[tokio::test]
-async fn malformed_json_before_content_is_retried_invisibly() {
+async fn a_malformed_event_is_dropped_and_the_stream_goes_on() {
+    // The default (on_malformed_event: skip): the event never reaches the client, is
+    // counted and logged, and the answer completes from the same target.
+    let (s, reply) = Scenario::answering(primary(|_| {
+        let data = upstream::chunks("a", &["Hi", " there"], false);
+        let mut events = data.clone();
+        events.insert(2, upstream::MALFORMED_EVENT.to_owned());
+        sse(events, true)
+    }))
+    .models(PRIMARY_WITH_BACKUP)
+    .run(&ask_stream("primary"))
+    .await;
+    reply.assert_served_by("up/a");
+    assert_eq!(reply.attempts(), 1);
+    let events = reply.events();
+    assert_clean(&events);
+    assert_eq!(content_of(&events), "Hi there");
+    let id = reply.request_id();
+    s.until_logged(
+        id,
+        "dropped a stream event that is not valid JSON; the stream goes on",
+    )
+    .await;
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"switchyard_upstream_malformed_events_total{target="up/a"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_fail_on_malformed_a_malformed_event_before_content_is_retried_invisibly() {
     // The first attempt's first event is not JSON.
     let seen = AtomicUsize::new(0);
     let (s, reply) = Scenario::answering(move |r: &Received| {
@@ -103,6 +137,7 @@ async fn malformed_json_before_content_is_retried_invisibly() {
         }
     })
     .models(PRIMARY_WITH_BACKUP)
+    .up_settings(FAIL_ON_MALFORMED)
     .run(&ask_stream("primary"))
     .await;
     assert_eq!(reply.status, 200);
@@ -117,7 +152,7 @@ async fn malformed_json_before_content_is_retried_invisibly() {
 }
 
 #[tokio::test]
-async fn malformed_json_after_content_ends_the_stream() {
+async fn with_fail_on_malformed_a_malformed_event_after_content_ends_the_stream() {
     // After content: the stream is the client's, it ends with an error event.
     let malformed = Scenario::answering(primary(|_| {
         let data = upstream::chunks("a", &["Hi"], false);
@@ -127,7 +162,10 @@ async fn malformed_json_after_content_ends_the_stream() {
             true,
         )
     }));
-    let (_, content, _) = committed(malformed.models(PRIMARY_WITH_BACKUP)).await;
+    let malformed = malformed
+        .models(PRIMARY_WITH_BACKUP)
+        .up_settings(FAIL_ON_MALFORMED);
+    let (_, content, _) = committed(malformed).await;
     assert_eq!(content, "Hi");
 }
 

@@ -33,13 +33,21 @@ impl Chunk {
     /// Reads an OpenAI chunk without re-encoding it. An `{"error": ...}` object in place
     /// of a chunk is returned as the upstream's error.
     pub fn from_openai(json: Bytes, provider: &str) -> Result<Self, GatewayError> {
-        let probe: ChunkProbe =
-            serde_json::from_slice(&json).map_err(|e| GatewayError::UpstreamProtocol {
+        Self::read_openai(json, provider).map_err(|not| match not {
+            NotAChunk::Malformed(detail) => GatewayError::UpstreamProtocol {
                 provider: provider.to_owned(),
-                detail: format!("malformed JSON in a stream event: {e}"),
-            })?;
+                detail: format!("malformed JSON in a stream event: {detail}"),
+            },
+            NotAChunk::Error(error) => error,
+        })
+    }
+
+    /// Like [`Chunk::from_openai`], telling a malformed event from an error event.
+    pub fn read_openai(json: Bytes, provider: &str) -> Result<Self, NotAChunk> {
+        let probe: ChunkProbe =
+            serde_json::from_slice(&json).map_err(|e| NotAChunk::Malformed(e.to_string()))?;
         if let Some(error) = probe.error {
-            return Err(error.into_stream_error(provider));
+            return Err(NotAChunk::Error(error.into_stream_error(provider)));
         }
         Ok(Self::with_facts(json, probe))
     }
@@ -109,6 +117,15 @@ impl Chunk {
         *self = Self::with_facts(json, probe);
         Ok(true)
     }
+}
+
+/// Why an upstream event is not a chunk.
+#[derive(Debug)]
+pub enum NotAChunk {
+    /// Its data is not the JSON of a chunk (the parser's words).
+    Malformed(String),
+    /// The provider sent an error in place of a chunk.
+    Error(GatewayError),
 }
 
 /// Where a piece of generated text sits in a choice's delta (or message).

@@ -3,6 +3,7 @@
 //! the answer's own id and model).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -20,6 +21,22 @@ pub enum Reply {
 }
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, GatewayError>> + Send>>;
+
+/// Events of an upstream stream that were dropped for not being valid JSON (a provider's
+/// `on_malformed_event: skip`): counted by the stream, read by the pipeline, which reports
+/// them (adapters do not log).
+#[derive(Debug, Default)]
+pub struct SkippedEvents(AtomicU64);
+
+impl SkippedEvents {
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// A complete OpenAI-shaped JSON body and the facts read from it.
 pub struct JsonReply {

@@ -9,7 +9,9 @@
 
 use indexmap::IndexMap;
 
-use super::schema::{MockConfig, ProviderConfig, ProviderKind, UnsupportedParams};
+use super::schema::{
+    MockConfig, OnMalformedEvent, ProviderConfig, ProviderKind, UnsupportedParams,
+};
 use super::secret::Secret;
 
 /// What a provider of each kind is configured with.
@@ -29,6 +31,7 @@ pub struct HttpSettings {
     /// `Some("")`: written but empty (an unset `${VAR:-}`), the provider is unusable.
     pub api_key: Option<Secret>,
     pub headers: IndexMap<String, String>,
+    pub on_malformed_event: OnMalformedEvent,
 }
 
 #[derive(Debug, Clone)]
@@ -74,10 +77,11 @@ impl ProviderSettings {
             default_max_tokens,
             api_version,
             unsupported_params,
+            on_malformed_event,
         } = config;
         use ProviderKind::{Anthropic, Azure, Gemini, Mock, Openai};
         const HTTP: &[ProviderKind] = &[Openai, Azure, Anthropic, Gemini];
-        let keys: [(&'static str, bool, &[ProviderKind]); 8] = [
+        let keys: [(&'static str, bool, &[ProviderKind]); 9] = [
             ("base_url", base_url.is_some(), HTTP),
             ("api_key", api_key.is_some(), HTTP),
             ("headers", !headers.is_empty(), HTTP),
@@ -98,6 +102,7 @@ impl ProviderSettings {
                 unsupported_params.is_some(),
                 &[Anthropic, Gemini],
             ),
+            ("on_malformed_event", on_malformed_event.is_some(), HTTP),
         ];
         let foreign: Vec<ForeignKey> = keys
             .into_iter()
@@ -114,6 +119,7 @@ impl ProviderSettings {
             base_url: base_url.clone(),
             api_key: api_key.clone(),
             headers: headers.clone(),
+            on_malformed_event: on_malformed_event.unwrap_or_default(),
         };
         let unsupported_params = unsupported_params.unwrap_or_default();
         Ok(match kind {

@@ -390,6 +390,17 @@ impl ProviderKind {
     }
 }
 
+/// What a stream does with an upstream event that is not valid JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMalformedEvent {
+    /// Drop it, count it (`switchyard_upstream_malformed_events_total`), log a WARN, go on.
+    #[default]
+    Skip,
+    /// End the stream with an error, as for a cut stream.
+    Fail,
+}
+
 /// What a translating adapter does with an OpenAI parameter its provider cannot express.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -441,6 +452,10 @@ pub struct ProviderConfig {
     /// or dropped.
     #[serde(default)]
     pub unsupported_params: Option<UnsupportedParams>,
+    /// What a stream does with an event whose data is not valid JSON: `skip` it (default;
+    /// counted and logged) or `fail` the stream.
+    #[serde(default)]
+    pub on_malformed_event: Option<OnMalformedEvent>,
 }
 
 /// A one-token chat completion sent to each of the provider's targets every `interval`;

@@ -23,7 +23,7 @@ use crate::clock::{self, Instant};
 use super::Call;
 use super::watchers::{IdleTimeout, Metered};
 use crate::api::chunk::Chunk;
-use crate::api::reply::{ChunkStream, JsonReply, Reply};
+use crate::api::reply::{ChunkStream, JsonReply, Reply, SkippedEvents};
 use crate::config::schema::ProviderTimeouts;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamKind};
@@ -74,10 +74,13 @@ pub async fn attempt(
         pass,
         snapshot: ctx.snapshot.clone(),
         record: record.clone(),
+        skipped: Arc::default(),
+        reported: 0,
     };
+    let skipped = outcome.skipped.clone();
     let remaining = deadline.attempts.saturating_duration_since(started);
     let answer = tokio::time::timeout(timeouts.first_byte.min(remaining), async {
-        match send(target, call, &record.request_id).await? {
+        match send(target, call, &record.request_id, &skipped).await? {
             Reply::Json(json) => Ok(Started::Json(json)),
             Reply::Stream(stream) => first_content(stream).await,
         }
@@ -144,10 +147,30 @@ struct Outcome {
     pass: Pass,
     snapshot: Arc<Snapshot>,
     record: Arc<RequestRecord>,
+    /// Malformed events the stream dropped, and how many of them were reported.
+    skipped: Arc<SkippedEvents>,
+    reported: u64,
 }
 
 impl Outcome {
-    fn finish(self, error: Option<&GatewayError>) {
+    /// Reports the malformed events dropped since the last call: a WARN each (with the
+    /// request id) and the metric by target.
+    fn report_skipped(&mut self) {
+        let skipped = self.skipped.count();
+        for _ in self.reported..skipped {
+            let health = self.in_flight.health();
+            tracing::warn!(
+                request_id = &*self.record.request_id,
+                target_name = &*health.name,
+                "dropped a stream event that is not valid JSON; the stream goes on"
+            );
+            self.record.metrics().count_malformed_event(&health.name);
+        }
+        self.reported = skipped;
+    }
+
+    fn finish(mut self, error: Option<&GatewayError>) {
+        self.report_skipped();
         let health = self.in_flight.health();
         let metrics = self.record.metrics();
         // The request's own deadline says nothing about the target either way.
@@ -190,6 +213,8 @@ impl Stream for Watched {
             && let Some(outcome) = self.outcome.take()
         {
             outcome.finish(error);
+        } else if let Some(outcome) = &mut self.outcome {
+            outcome.report_skipped();
         }
         Poll::Ready(item)
     }
@@ -210,8 +235,13 @@ async fn first_content(mut stream: ChunkStream) -> Result<Started, GatewayError>
     Ok(Started::Stream(held, None))
 }
 
-/// The provider call itself.
-async fn send(target: &Target, call: &Call, request_id: &str) -> Result<Reply, GatewayError> {
+/// The provider call itself; a stream counts the malformed events it drops in `skipped`.
+async fn send(
+    target: &Target,
+    call: &Call,
+    request_id: &str,
+    skipped: &Arc<SkippedEvents>,
+) -> Result<Reply, GatewayError> {
     let provider = &target.provider;
     let model = &target.upstream_model;
     match call {
@@ -221,6 +251,7 @@ async fn send(target: &Target, call: &Call, request_id: &str) -> Result<Reply, G
                 model,
                 request_id,
                 max_tokens: target.max_tokens,
+                skipped,
             };
             provider.adapter.chat(call).await
         }

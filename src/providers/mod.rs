@@ -23,8 +23,9 @@ use futures_util::future::BoxFuture;
 
 use crate::api::chat::ChatRequest;
 use crate::api::embeddings::EmbeddingsRequest;
-use crate::api::reply::{JsonReply, Reply};
+use crate::api::reply::{JsonReply, Reply, SkippedEvents};
 use crate::config::provider::ProviderSettings;
+use crate::config::schema::OnMalformedEvent;
 use crate::error::GatewayError;
 use http_client::HttpClients;
 
@@ -37,6 +38,18 @@ pub struct ChatCall<'a> {
     /// The target's completion budget for requests that set none (providers that require
     /// one use it before their own default).
     pub max_tokens: Option<u64>,
+    /// Where a stream counts the malformed events it skips.
+    pub skipped: &'a Arc<SkippedEvents>,
+}
+
+impl ChatCall<'_> {
+    /// What this call's stream does with malformed events under `policy`.
+    fn malformed(&self, policy: OnMalformedEvent) -> stream::Malformed {
+        stream::Malformed {
+            policy,
+            skipped: self.skipped.clone(),
+        }
+    }
 }
 
 /// One embeddings attempt against one target.

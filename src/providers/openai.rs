@@ -17,15 +17,16 @@ use http::{HeaderMap, HeaderName, Uri, header};
 use serde::Serialize;
 
 use super::http_client::HttpClient;
-use super::stream::{self, Translator, UpstreamStream};
+use super::stream::{self, EventError, Translator, UpstreamStream};
 use super::transport::{self, Transport};
 use super::upstream_error::openai_error;
 use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::{ChatRequest, StreamOptions};
-use crate::api::chunk::Chunk;
+use crate::api::chunk::{Chunk, NotAChunk};
 use crate::api::embeddings::EmbeddingsRequest;
 use crate::api::reply::{JsonReply, Reply};
 use crate::config::provider::{AzureSettings, HttpSettings};
+use crate::config::schema::OnMalformedEvent;
 use crate::error::GatewayError;
 
 const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -75,6 +76,7 @@ impl Endpoints {
 pub struct OpenAi {
     transport: Transport,
     endpoints: Endpoints,
+    on_malformed_event: OnMalformedEvent,
 }
 
 impl OpenAi {
@@ -91,7 +93,7 @@ impl OpenAi {
         };
         let headers =
             transport::headers(http, |key| (header::AUTHORIZATION, format!("Bearer {key}")))?;
-        Ok(Self::with(name, endpoints, headers, client))
+        Ok(Self::with(name, endpoints, headers, client, http))
     }
 
     /// Azure OpenAI: URLs per deployment, the key in `api-key`.
@@ -110,13 +112,20 @@ impl OpenAi {
         let headers = transport::headers(&azure.http, |key| {
             (HeaderName::from_static("api-key"), key.to_owned())
         })?;
-        Ok(Self::with(name, endpoints, headers, client))
+        Ok(Self::with(name, endpoints, headers, client, &azure.http))
     }
 
-    fn with(name: Arc<str>, endpoints: Endpoints, headers: HeaderMap, client: HttpClient) -> Self {
+    fn with(
+        name: Arc<str>,
+        endpoints: Endpoints,
+        headers: HeaderMap,
+        client: HttpClient,
+        http: &HttpSettings,
+    ) -> Self {
         Self {
             transport: Transport::new(name, client, headers, openai_error),
             endpoints,
+            on_malformed_event: http.on_malformed_event,
         }
     }
 
@@ -129,7 +138,8 @@ impl OpenAi {
                 provider: self.transport.name.clone(),
                 done: false,
             };
-            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            let malformed = call.malformed(self.on_malformed_event);
+            let chunks = UpstreamStream::boxed(response.into_body(), translator, malformed);
             return Ok(Reply::Stream(chunks));
         }
         let body = self.transport.read_body(response).await?;
@@ -217,12 +227,16 @@ struct OpenAiTranslator {
 }
 
 impl Translator for OpenAiTranslator {
-    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), EventError> {
         if data == "[DONE]" {
             self.done = true;
             return Ok(());
         }
-        out.push_back(Chunk::from_openai(Bytes::from(data), &self.provider)?);
+        match Chunk::read_openai(Bytes::from(data), &self.provider) {
+            Ok(chunk) => out.push_back(chunk),
+            Err(NotAChunk::Malformed(detail)) => return Err(EventError::Malformed(detail)),
+            Err(NotAChunk::Error(error)) => return Err(error.into()),
+        }
         Ok(())
     }
 

@@ -9,6 +9,9 @@
 //!   never passes for a complete one;
 //! - a transport failure, or an event the translator rejects, ends the stream with an
 //!   error, and nothing is read after it;
+//! - an event whose data is not valid JSON is dropped and counted ([`SkippedEvents`]), or
+//!   ends the stream, as the provider's `on_malformed_event` says; it never reaches the
+//!   client;
 //! - events without data (comments, keep-alives) are skipped.
 
 use std::collections::VecDeque;
@@ -21,15 +24,38 @@ use hyper::body::Incoming;
 
 use super::transport::error_chain;
 use crate::api::chunk::Chunk;
+use crate::api::reply::{ChunkStream, SkippedEvents};
+use crate::config::schema::OnMalformedEvent;
 use crate::error::GatewayError;
 use crate::sse;
+
+/// Why an event yields no chunks.
+#[derive(Debug)]
+pub enum EventError {
+    /// The event's data is not valid JSON (the parser's words): the stream's policy decides.
+    Malformed(String),
+    /// The event says the answer failed, or breaks the provider's protocol: the stream ends.
+    Failed(GatewayError),
+}
+
+impl From<GatewayError> for EventError {
+    fn from(error: GatewayError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<serde_json::Error> for EventError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Malformed(error.to_string())
+    }
+}
 
 /// An adapter's per-stream state: native events in, OpenAI chunks out.
 pub trait Translator: Send + Unpin + 'static {
     /// Translates one event's data (never empty) into the chunks it yields, appended to
-    /// `out`. An error ends the stream. (The data is handed over, so an adapter that relays
-    /// it as it is does not copy it.)
-    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError>;
+    /// `out`. (The data is handed over, so an adapter that relays it as it is does not
+    /// copy it.)
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), EventError>;
 
     /// Whether the provider's terminal event has been seen: the answer is complete.
     fn complete(&self) -> bool;
@@ -47,27 +73,49 @@ pub trait Translator: Send + Unpin + 'static {
     fn protocol(&self, detail: String) -> GatewayError;
 }
 
+/// What a stream does with its malformed events, and where it counts the skipped ones.
+pub struct Malformed {
+    pub policy: OnMalformedEvent,
+    pub skipped: Arc<SkippedEvents>,
+}
+
 /// A provider's SSE body, as chunks.
 pub struct UpstreamStream<T> {
     events: sse::Decoder<Incoming>,
     translator: T,
+    malformed: Malformed,
     pending: VecDeque<Chunk>,
     done: bool,
 }
 
 impl<T: Translator> UpstreamStream<T> {
-    pub fn new(body: Incoming, translator: T) -> Self {
+    pub fn new(body: Incoming, translator: T, malformed: Malformed) -> Self {
         Self {
             events: sse::Decoder::new(body),
             translator,
+            malformed,
             pending: VecDeque::new(),
             done: false,
         }
     }
 
     /// The stream of `body` with `translator`, boxed as the pipeline takes it.
-    pub fn boxed(body: Incoming, translator: T) -> crate::api::reply::ChunkStream {
-        Box::pin(Self::new(body, translator))
+    pub fn boxed(body: Incoming, translator: T, malformed: Malformed) -> ChunkStream {
+        Box::pin(Self::new(body, translator, malformed))
+    }
+
+    /// What an event that yields no chunks does to the stream.
+    fn judge(&self, error: EventError) -> Result<(), GatewayError> {
+        match (error, self.malformed.policy) {
+            (EventError::Malformed(_), OnMalformedEvent::Skip) => {
+                self.malformed.skipped.add();
+                Ok(())
+            }
+            (EventError::Malformed(detail), OnMalformedEvent::Fail) => Err(self
+                .translator
+                .protocol(format!("malformed JSON in a stream event: {detail}"))),
+            (EventError::Failed(error), _) => Err(error),
+        }
     }
 
     fn fail(&mut self, error: GatewayError) -> Poll<Option<Result<Chunk, GatewayError>>> {
@@ -93,7 +141,10 @@ impl<T: Translator> Stream for UpstreamStream<T> {
             let result = match ready!(this.events.poll_next_unpin(cx)) {
                 Some(Ok(sse::Event {
                     data: Some(data), ..
-                })) if !data.is_empty() => this.translator.event(data, &mut this.pending),
+                })) if !data.is_empty() => match this.translator.event(data, &mut this.pending) {
+                    Ok(()) => Ok(()),
+                    Err(error) => this.judge(error),
+                },
                 Some(Ok(_)) => Ok(()),
                 Some(Err(error)) => Err(this
                     .translator

@@ -489,6 +489,11 @@ impl Scenario {
         self.caller.chat(body).await
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.gateway.get("/metrics").await.text().await.unwrap()
+    }
+
     /// Sends `body` `n` times, `concurrency` at a time; the answers in the order they came.
     pub async fn chat_many(&self, body: &Value, n: usize, concurrency: usize) -> Vec<Reply> {
         futures_util::stream::iter(0..n)

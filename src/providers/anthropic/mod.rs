@@ -22,7 +22,7 @@ use super::{ChatCall, EmbeddingsCall, Provider};
 use crate::api::chat::FinishReason;
 use crate::api::reply::{JsonReply, Reply};
 use crate::config::provider::{AnthropicSettings, HttpSettings};
-use crate::config::schema::ProviderKind;
+use crate::config::schema::{OnMalformedEvent, ProviderKind};
 use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::{PromptTokensDetails, Usage, UsageSource};
 use stream::StreamTranslator;
@@ -41,6 +41,7 @@ pub struct Anthropic {
     transport: Transport,
     messages_uri: Uri,
     policy: ParamPolicy,
+    on_malformed_event: OnMalformedEvent,
     default_max_tokens: u64,
 }
 
@@ -65,6 +66,7 @@ impl Anthropic {
                 unsupported: settings.unsupported_params,
             },
             transport: Transport::new(name, client, headers, error_body),
+            on_malformed_event: settings.http.on_malformed_event,
             default_max_tokens: settings.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         })
     }
@@ -80,7 +82,8 @@ impl Anthropic {
         if call.request.is_stream() {
             let translator =
                 StreamTranslator::new(self.transport.name.clone(), translated.json_mode);
-            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            let malformed = call.malformed(self.on_malformed_event);
+            let chunks = UpstreamStream::boxed(response.into_body(), translator, malformed);
             return Ok(Reply::Stream(chunks));
         }
         let body = self.transport.read_body(response).await?;

@@ -14,7 +14,7 @@ use super::{JSON_TOOL, NativeError, NativeUsage, finish_reason, stream_error};
 use crate::api::chat::{Delta, FunctionDelta, ToolCallDelta};
 use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::error::GatewayError;
-use crate::providers::stream::{self, Translator};
+use crate::providers::stream::{self, EventError, Translator};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -130,9 +130,8 @@ impl StreamTranslator {
     }
 
     /// Translates one event's data into the chunk it yields, if any.
-    pub fn translate(&mut self, data: &str) -> Result<Option<Chunk>, GatewayError> {
-        let event: Event = serde_json::from_str(data)
-            .map_err(|e| self.protocol(format!("malformed JSON in a stream event: {e}")))?;
+    pub fn translate(&mut self, data: &str) -> Result<Option<Chunk>, EventError> {
+        let event: Event = serde_json::from_str(data)?;
         if let Event::MessageStart { message } = event {
             self.usage = message.usage;
             let writer = ChunkWriter::new(message.id, message.model);
@@ -146,12 +145,14 @@ impl StreamTranslator {
             return Ok(Some(chunk));
         }
         if let Event::Error { error } = event {
-            return Err(stream_error(&self.provider, error));
+            return Err(stream_error(&self.provider, error).into());
         }
         let Some(writer) = &self.writer else {
             return match event {
                 Event::Other => Ok(None),
-                _ => Err(self.protocol("an event came before message_start".into())),
+                _ => Err(self
+                    .protocol("an event came before message_start".into())
+                    .into()),
             };
         };
         let chunk = match event {
@@ -184,7 +185,7 @@ impl StreamTranslator {
 }
 
 impl Translator for StreamTranslator {
-    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), EventError> {
         out.extend(self.translate(&data)?);
         Ok(())
     }

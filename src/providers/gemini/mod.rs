@@ -28,7 +28,7 @@ use crate::api::chat::ToolCall;
 use crate::api::embeddings::EmbeddingInput;
 use crate::api::reply::{JsonReply, Reply};
 use crate::config::provider::{GeminiSettings, HttpSettings};
-use crate::config::schema::ProviderKind;
+use crate::config::schema::{OnMalformedEvent, ProviderKind};
 use crate::error::{GatewayError, UpstreamKind};
 use crate::usage::UsageSource;
 use response::NativeError;
@@ -47,6 +47,7 @@ pub struct Gemini {
     transport: Transport,
     base_url: String,
     policy: ParamPolicy,
+    on_malformed_event: OnMalformedEvent,
 }
 
 impl Gemini {
@@ -66,6 +67,7 @@ impl Gemini {
                 unsupported: settings.unsupported_params,
             },
             transport: Transport::new(name, client, headers, error_body),
+            on_malformed_event: settings.http.on_malformed_event,
         })
     }
 
@@ -97,7 +99,8 @@ impl Gemini {
             let response = self.post(uri, &body, call.request_id).await?;
             let translator =
                 StreamTranslator::new(self.transport.name.clone(), call.model.to_owned());
-            let chunks = UpstreamStream::boxed(response.into_body(), translator);
+            let malformed = call.malformed(self.on_malformed_event);
+            let chunks = UpstreamStream::boxed(response.into_body(), translator, malformed);
             return Ok(Reply::Stream(chunks));
         }
         let uri = self.uri(call.model, "generateContent")?;

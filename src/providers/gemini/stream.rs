@@ -13,7 +13,7 @@ use super::{extra_content, stream_error};
 use crate::api::chat::{Delta, FinishReason, FunctionDelta, ToolCallDelta};
 use crate::api::chunk::{Chunk, ChunkWriter};
 use crate::error::GatewayError;
-use crate::providers::stream::{self, Translator};
+use crate::providers::stream::{self, EventError, Translator};
 use crate::providers::translate::compact;
 
 /// What the stream has seen of one candidate so far.
@@ -47,11 +47,10 @@ impl StreamTranslator {
     }
 
     /// Translates one event into its chunks, appended to `out`.
-    pub fn translate(&mut self, data: &str, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
-        let answer: Answer = serde_json::from_str(data)
-            .map_err(|e| self.protocol(format!("malformed JSON in a stream event: {e}")))?;
+    pub fn translate(&mut self, data: &str, out: &mut VecDeque<Chunk>) -> Result<(), EventError> {
+        let answer: Answer = serde_json::from_str(data)?;
         if let Some(error) = answer.error {
-            return Err(stream_error(&self.provider, error));
+            return Err(stream_error(&self.provider, error).into());
         }
         let writer = self.writer.get_or_insert_with(|| {
             let id = answer.response_id.clone().unwrap_or_default();
@@ -106,7 +105,7 @@ impl StreamTranslator {
 /// Gemini has no terminal event: the body's end is the end, and the answer was complete
 /// if a finish reason came before it.
 impl Translator for StreamTranslator {
-    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+    fn event(&mut self, data: String, out: &mut VecDeque<Chunk>) -> Result<(), EventError> {
         self.translate(&data, out)
     }
 
