@@ -203,3 +203,48 @@ async fn the_total_deadline_bounds_a_stream_too() {
     assert!(!content.contains("29 "), "cut before the end: {content}");
     assert_eq!(error["code"], "deadline_exceeded", "{error}");
 }
+
+/// `data` as SSE frames, without `data: [DONE]`, followed by `tail` as it is.
+fn frames_then(data: &[String], tail: &str) -> String {
+    let frames: String = data.iter().map(|d| format!("data: {d}\n\n")).collect();
+    format!("{frames}{tail}")
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_cleanly_after_its_finish_reason_is_complete_without_done() {
+    let (s, reply) = Scenario::answering(primary(|_| {
+        Behavior::RawSse(frames_then(
+            &upstream::chunks("a", &["Hi", " there"], true),
+            "",
+        ))
+    }))
+    .run(&ask_stream("primary"))
+    .await;
+    let events = reply.events();
+    assert_clean(&events);
+    assert_eq!(content_of(&events), "Hi there");
+    let line = s.finished(reply.request_id()).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(line.get("error").is_none_or(Value::is_null), "{line}");
+    assert_eq!(
+        line["usage_source"], "provider",
+        "the usage chunk was read: {line}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_in_the_middle_of_an_event_is_cut_even_after_its_finish_reason() {
+    let (_, reply) = Scenario::answering(primary(|_| {
+        let data = upstream::chunks("a", &["Hi"], false);
+        Behavior::RawSse(frames_then(
+            &data,
+            "data: {\"id\": \"chatcmpl-upstream-2\", \"choi",
+        ))
+    }))
+    .run(&ask_stream("primary"))
+    .await;
+    let events = reply.events();
+    let error = assert_ends_with_error(&events);
+    assert_eq!(content_of(&events), "Hi");
+    assert_eq!(error["code"], "upstream_invalid_response", "{error}");
+}

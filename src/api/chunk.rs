@@ -27,6 +27,8 @@ pub struct Chunk {
     /// A chunk with no choices that only reports usage (`stream_options.include_usage`).
     usage_only: bool,
     finish_reason: Option<FinishReason>,
+    /// The index of the (last) choice the chunk carries.
+    choice: Option<u32>,
 }
 
 impl Chunk {
@@ -57,6 +59,7 @@ impl Chunk {
             usage_only: probe.choices.is_empty() && probe.usage.is_some(),
             content_len: probe.choices.iter().map(|c| c.delta.text_len()).sum(),
             finish_reason: probe.choices.iter().rev().find_map(|c| c.finish_reason),
+            choice: probe.choices.last().map(|c| c.index),
             usage: probe.usage,
             json,
         }
@@ -86,6 +89,11 @@ impl Chunk {
     /// The finish reason this chunk ends a choice with (the last one, if several do).
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finish_reason
+    }
+
+    /// The index of the choice this chunk carries (the last, if several), if any.
+    pub fn choice(&self) -> Option<u32> {
+        self.choice
     }
 
     /// The chunk's `id` and `model` (read when asked: once a stream, not once a chunk).
@@ -245,6 +253,7 @@ impl ChunkWriter {
             usage: None,
             usage_only: false,
             finish_reason,
+            choice: Some(index),
         }
     }
 
@@ -256,6 +265,7 @@ impl ChunkWriter {
             usage: Some(usage),
             usage_only: true,
             finish_reason: None,
+            choice: None,
         }
     }
 
@@ -288,6 +298,8 @@ struct ChunkProbe {
 
 #[derive(Deserialize)]
 struct ChoiceProbe {
+    #[serde(default)]
+    index: u32,
     #[serde(default)]
     delta: TextProbe,
     #[serde(default)]

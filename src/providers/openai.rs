@@ -7,7 +7,7 @@
 //! credentials are the provider's from config, never the client's.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -137,6 +137,8 @@ impl OpenAi {
             let translator = OpenAiTranslator {
                 provider: self.transport.name.clone(),
                 done: false,
+                choices: BTreeSet::new(),
+                finished: BTreeSet::new(),
             };
             let malformed = call.malformed(self.on_malformed_event);
             let chunks = UpstreamStream::boxed(response.into_body(), translator, malformed);
@@ -224,6 +226,9 @@ struct OutboundEmbeddings<'a> {
 struct OpenAiTranslator {
     provider: Arc<str>,
     done: bool,
+    /// The choices seen, and those that got their finish reason.
+    choices: BTreeSet<u32>,
+    finished: BTreeSet<u32>,
 }
 
 impl Translator for OpenAiTranslator {
@@ -233,7 +238,15 @@ impl Translator for OpenAiTranslator {
             return Ok(());
         }
         match Chunk::read_openai(Bytes::from(data), &self.provider) {
-            Ok(chunk) => out.push_back(chunk),
+            Ok(chunk) => {
+                if let Some(choice) = chunk.choice() {
+                    self.choices.insert(choice);
+                    if chunk.finish_reason().is_some() {
+                        self.finished.insert(choice);
+                    }
+                }
+                out.push_back(chunk);
+            }
             Err(NotAChunk::Malformed(detail)) => return Err(EventError::Malformed(detail)),
             Err(NotAChunk::Error(error)) => return Err(error.into()),
         }
@@ -242,6 +255,10 @@ impl Translator for OpenAiTranslator {
 
     fn complete(&self) -> bool {
         self.done
+    }
+
+    fn finished_without_terminal(&mut self, _: &mut VecDeque<Chunk>) -> bool {
+        !self.choices.is_empty() && self.choices.is_subset(&self.finished)
     }
 
     fn terminal_event(&self) -> &'static str {

@@ -42,6 +42,8 @@ pub enum Behavior {
         headers: Vec<(&'static str, String)>,
         body: String,
     },
+    /// A `text/event-stream` body sent exactly as given, then a clean end of the body.
+    RawSse(String),
     /// Accepts the request and never answers.
     Hang,
     /// Accepts the request (reads it whole), then closes the connection without sending
@@ -153,6 +155,7 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
             interval,
             done,
         } => sse_response(data, interval, done, shared.stream_ends),
+        Behavior::RawSse(body) => ([("content-type", "text/event-stream")], body).into_response(),
         Behavior::Hang => {
             std::future::pending::<()>().await;
             unreachable!()

@@ -113,6 +113,8 @@ pub struct StreamTranslator {
     blocks: HashMap<u64, BlockKind>,
     tool_calls: u32,
     usage: NativeUsage,
+    /// `message_delta` brought the stop reason: the answer is whole.
+    stopped: bool,
     finished: bool,
 }
 
@@ -125,6 +127,7 @@ impl StreamTranslator {
             blocks: HashMap::new(),
             tool_calls: 0,
             usage: NativeUsage::default(),
+            stopped: false,
             finished: false,
         }
     }
@@ -171,6 +174,7 @@ impl StreamTranslator {
             }
             Event::MessageDelta { delta, usage } => {
                 self.usage.merge(usage);
+                self.stopped = true;
                 let reason = finish_reason(delta.stop_reason.as_deref(), self.json_mode);
                 Some(writer.delta(0, Delta::default(), Some(reason)))
             }
@@ -192,6 +196,17 @@ impl Translator for StreamTranslator {
 
     fn complete(&self) -> bool {
         self.finished
+    }
+
+    /// A stream that ends after `message_delta` lacks only `message_stop`, which brings
+    /// nothing but the usage chunk.
+    fn finished_without_terminal(&mut self, out: &mut VecDeque<Chunk>) -> bool {
+        let Some(writer) = self.writer.as_ref().filter(|_| self.stopped) else {
+            return false;
+        };
+        out.push_back(writer.usage(self.usage.to_usage()));
+        self.finished = true;
+        true
     }
 
     fn terminal_event(&self) -> &'static str {

@@ -113,14 +113,14 @@ impl Translator for StreamTranslator {
         false
     }
 
-    /// The usage chunk if the answer was complete, an error if it was cut.
-    fn end(&mut self, out: &mut VecDeque<Chunk>) -> Result<(), GatewayError> {
+    /// The usage chunk if a finish reason came (the answer is complete).
+    fn finished_without_terminal(&mut self, out: &mut VecDeque<Chunk>) -> bool {
         if !self.finished {
-            return Err(self.protocol("the stream ended before any finishReason".into()));
+            return false;
         }
         let usage = self.usage.unwrap_or_default().to_usage();
         out.extend(self.writer.as_ref().map(|writer| writer.usage(usage)));
-        Ok(())
+        true
     }
 
     fn terminal_event(&self) -> &'static str {
