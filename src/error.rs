@@ -272,6 +272,12 @@ impl GatewayError {
         }
     }
 
+    /// Whether the target did not answer in time (no answer, or no first content, within
+    /// its first-byte timeout).
+    pub fn is_silence(&self) -> bool {
+        matches!(self, Self::UpstreamTimeout { .. })
+    }
+
     /// Whether another target can take the request after this failure: a retryable one,
     /// or a target the gateway misconfigured (its credentials or model), which another
     /// target does not share. Such a failure also says the target is unhealthy, so its

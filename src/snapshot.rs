@@ -10,8 +10,8 @@ use indexmap::IndexMap;
 use crate::auth::KeyTable;
 use crate::config::provider::ProviderSettings;
 use crate::config::schema::{
-    AdminConfig, AuthConfig, HealthCheckConfig, LimitsSettings, ModelTimeouts, ProviderConfig,
-    ProviderKind, ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
+    AdminConfig, AuthConfig, HealthCheckConfig, LimitsSettings, ModelTimeouts, OnTimeout,
+    ProviderConfig, ProviderKind, ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
 };
 use crate::config::{ConfigError, RawConfig};
 use crate::health::TargetHealth;
@@ -57,6 +57,7 @@ pub struct ModelRoute {
     /// Public models tried instead when the prompt does not fit this one's context window.
     pub context_fallbacks: Vec<Arc<str>>,
     pub timeouts: ModelTimeouts,
+    pub on_timeout: OnTimeout,
 }
 
 pub struct Target {
@@ -162,6 +163,7 @@ impl Snapshot {
                     fallbacks: names(&model.fallbacks),
                     context_fallbacks: names(&model.context_fallbacks),
                     timeouts: model.timeouts,
+                    on_timeout: model.on_timeout,
                 };
                 (name, Arc::new(route))
             })

@@ -565,6 +565,20 @@ pub struct ModelConfig {
     /// Tighter timeouts than the providers' for this model.
     #[serde(default)]
     pub timeouts: ModelTimeouts,
+    /// After a target times out (no answer, or no first content, within `first_byte`):
+    /// `fail_over` (default) sends the next attempt to another target or the fallbacks and
+    /// never to that target again in the request, unless the model has nothing else;
+    /// `retry` lets it be retried like any retryable failure.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    #[default]
+    FailOver,
+    Retry,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

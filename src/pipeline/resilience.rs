@@ -11,6 +11,9 @@
 //!   target the gateway misconfigured (the provider rejected its credentials, or does not
 //!   know its model) is not tried again, but another target or a fallback is; any other
 //!   error is the answer, after exactly one attempt;
+//! - a target that timed out (no answer, or no first content, within `first_byte`) is not
+//!   tried again in the request when another target or a fallback can answer (the
+//!   model's `on_timeout: retry` says otherwise): a silent upstream costs one timeout;
 //! - a retry goes to a target that has not failed this request when there is one, at once;
 //!   otherwise to one that has, after its own Retry-After (when it fits the deadline) or an
 //!   exponential backoff with full jitter; either way only if the retry budget of the
@@ -33,7 +36,7 @@ use tower::Service;
 use super::dispatch::{self, Deadline};
 use super::{Call, GatewayRequest, balance};
 use crate::api::reply::Reply;
-use crate::config::schema::ResilienceSettings;
+use crate::config::schema::{OnTimeout, ResilienceSettings};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::snapshot::{ModelRoute, Target};
@@ -124,6 +127,9 @@ async fn run_model(
 ) -> Result<Reply, GatewayError> {
     let settings = &ctx.snapshot.resilience;
     let mut failures = Failures::default();
+    // A silent target costs one timeout, not one per retry, when something else can answer.
+    let retry_silence = model.on_timeout == OnTimeout::Retry
+        || (model.usable_targets().count() < 2 && !has_fallback);
     let retry_allowed = |target: &Target| {
         let allowed = target.health.withdraw_retry();
         if !allowed {
@@ -177,7 +183,7 @@ async fn run_model(
                 if !error.fails_over() || clock::now() >= deadline.attempts {
                     return Err(error);
                 }
-                failures.add(target, &error);
+                failures.add(target, &error, retry_silence);
                 last_error = Some(error);
             }
         }
@@ -194,13 +200,15 @@ enum Retry {
     /// After its Retry-After, if it gave one (else a backoff).
     After(Option<Duration>),
     /// Not this request: the target itself is misconfigured (its credentials, its model),
-    /// so only another target can help.
+    /// or it stayed silent and something else can answer, so only another target can help.
     Never,
 }
 
 impl Failures {
-    fn add(&mut self, target: Arc<Target>, error: &GatewayError) {
-        let retry = if error.is_retryable() {
+    /// `target` failed with `error`; a silent target is tried again only if
+    /// `retry_silence`.
+    fn add(&mut self, target: Arc<Target>, error: &GatewayError, retry_silence: bool) {
+        let retry = if error.is_retryable() && (retry_silence || !error.is_silence()) {
             Retry::After(error.retry_after())
         } else {
             Retry::Never
@@ -331,6 +339,35 @@ resilience: {max_attempts: 1}
         let reply = testing::chat(HANGING_PRIMARY, "primary", false).await;
         assert!(matches!(reply, Ok(Reply::Json(_))));
         assert_eq!(clock::now() - started, Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_target_is_not_retried_while_a_fallback_can_answer() {
+        let retries = HANGING_PRIMARY.replace(
+            "max_attempts: 1",
+            "max_attempts: 3, backoff: {base: 1ms, max: 1ms}",
+        );
+        let started = clock::now();
+        let reply = testing::chat(&retries, "primary", false).await;
+        assert!(matches!(reply, Ok(Reply::Json(_))));
+        assert_eq!(
+            clock::now() - started,
+            Duration::from_millis(500),
+            "one timeout"
+        );
+        // With `on_timeout: retry`, the model's three attempts each wait their timeout.
+        let retry = retries.replace(
+            "fallbacks: [backup]}",
+            "fallbacks: [backup], on_timeout: retry}",
+        );
+        let started = clock::now();
+        let reply = testing::chat(&retry, "primary", false).await;
+        assert!(matches!(reply, Ok(Reply::Json(_))));
+        let took = clock::now() - started;
+        assert!(
+            took >= Duration::from_millis(1500) && took <= Duration::from_millis(1502),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
