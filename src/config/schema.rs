@@ -108,9 +108,10 @@ impl Default for RetryBudgetSettings {
 
 /// When a target's circuit opens: `consecutive_failures` in a row, or a `failure_ratio`
 /// of at least `min_requests` requests in the last `window`. Open, the target gets no
-/// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`: at the
-/// defaults a dead target is probed every 10 s, so one that recovers serves again within
-/// that and the gap to the next request), then
+/// traffic for `cooldown` (doubled on each trip in a row, up to `max_cooldown`, which is
+/// 10 s or `cooldown` if that is longer when unset: at the defaults a dead target is probed
+/// every 10 s, so one that recovers serves again within that and the gap to the next
+/// request), then
 /// up to `half_open_probes` requests test it; the first success closes it.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -122,8 +123,8 @@ pub struct BreakerSettings {
     pub min_requests: u32,
     #[serde(with = "duration")]
     pub cooldown: Duration,
-    #[serde(with = "duration")]
-    pub max_cooldown: Duration,
+    #[serde(with = "duration::option")]
+    pub max_cooldown: Option<Duration>,
     pub half_open_probes: u32,
 }
 
@@ -135,9 +136,18 @@ impl Default for BreakerSettings {
             window: Duration::from_secs(30),
             min_requests: 20,
             cooldown: Duration::from_secs(5),
-            max_cooldown: Duration::from_secs(10),
+            max_cooldown: None,
             half_open_probes: 1,
         }
+    }
+}
+
+impl BreakerSettings {
+    /// The longest a target stays open: as configured, else 10 s (or `cooldown`, when a
+    /// longer one is configured without a cap).
+    pub fn cooldown_cap(&self) -> Duration {
+        self.max_cooldown
+            .unwrap_or_else(|| self.cooldown.max(Duration::from_secs(10)))
     }
 }
 
@@ -388,6 +398,11 @@ impl ProviderKind {
             Self::Mock => "mock",
         }
     }
+
+    /// Whether the provider's API continues a final assistant message (prefill).
+    pub fn prefills(self) -> bool {
+        self == Self::Anthropic
+    }
 }
 
 /// What a stream does with an upstream event that is not valid JSON.
@@ -571,6 +586,14 @@ pub struct ModelConfig {
     /// `retry` lets it be retried like any retryable failure.
     #[serde(default)]
     pub on_timeout: OnTimeout,
+    /// Continue a stream that breaks after the client got content on another target or a
+    /// fallback (prefill, or a regenerated answer that repeats the delivered text exactly).
+    #[serde(default = "yes")]
+    pub resume_streams: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -624,6 +647,11 @@ pub struct TargetConfig {
     /// (anthropic); overrides the provider's `default_max_tokens`.
     #[serde(default)]
     pub max_tokens: Option<u64>,
+    /// Whether this target continues a final assistant message (prefill), for resuming a
+    /// broken stream; default: what the provider's kind does (anthropic does, the others
+    /// are not assumed to).
+    #[serde(default)]
+    pub prefill: Option<bool>,
 }
 
 fn one() -> u32 {

@@ -462,7 +462,10 @@ fn validate_resilience(settings: &ResilienceSettings, errors: &mut Errors) {
         errors.push("resilience.breaker.window", "expected at least 1s");
     }
     errors.positive("resilience.breaker.cooldown", breaker.cooldown);
-    if breaker.max_cooldown < breaker.cooldown {
+    if breaker
+        .max_cooldown
+        .is_some_and(|cap| cap < breaker.cooldown)
+    {
         errors.push(
             "resilience.breaker.max_cooldown",
             "expected at least breaker.cooldown",

@@ -174,7 +174,7 @@ impl Breaker {
         let cooldown = settings
             .cooldown
             .saturating_mul(1 << counts.trips_in_a_row.min(16))
-            .min(settings.max_cooldown);
+            .min(settings.cooldown_cap());
         counts.trips_in_a_row += 1;
         counts.trips += 1;
         counts.probes_left = 0;
@@ -276,7 +276,7 @@ mod tests {
             window: Duration::from_secs(10),
             min_requests: 10,
             cooldown: Duration::from_millis(30),
-            max_cooldown: Duration::from_millis(100),
+            max_cooldown: Some(Duration::from_millis(100)),
             half_open_probes: 1,
         }
     }
