@@ -32,6 +32,7 @@ impl Sink for AccessLog {
             first_content_us = micros(report.timings.first_content),
             total_us = micros(Some(report.total)),
             error = report.error,
+            resumed_on = report.resumed_on.as_deref(),
             "request"
         );
     }

@@ -47,6 +47,7 @@ pub struct Metrics {
     breaker_trips: Family<TargetLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     malformed_events: Family<TargetLabels, Counter>,
+    resumptions: Family<AttemptLabels, Counter>,
 }
 
 impl Metrics {
@@ -100,7 +101,14 @@ impl Metrics {
             "Upstream stream events dropped for not being valid JSON (on_malformed_event: skip)",
             malformed_events.clone(),
         );
+        let resumptions = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "stream_resumptions",
+            "Broken streams the gateway tried to continue on another target, by that target and outcome (resumed, failed, diverged)",
+            resumptions.clone(),
+        );
         Self {
+            resumptions,
             malformed_events,
             registry,
             requests,
@@ -134,6 +142,14 @@ impl Metrics {
             outcome,
         };
         self.attempts.get_or_create(&labels).inc();
+    }
+
+    pub fn count_resumption(&self, target: &Arc<str>, outcome: &'static str) {
+        let labels = AttemptLabels {
+            target: target.clone(),
+            outcome,
+        };
+        self.resumptions.get_or_create(&labels).inc();
     }
 
     pub fn count_malformed_event(&self, target: &Arc<str>) {

@@ -63,6 +63,8 @@ struct RecordState {
     finish_reasons: Vec<FinishReason>,
     response_id: Option<String>,
     response_model: Option<String>,
+    /// The target a broken stream was resumed on.
+    resumed_on: Option<Arc<str>>,
 }
 
 impl RequestRecord {
@@ -91,6 +93,7 @@ impl RequestRecord {
             finish_reasons: Vec::new(),
             response_id: None,
             response_model: None,
+            resumed_on: None,
         };
         Self {
             request_id,
@@ -134,6 +137,21 @@ impl RequestRecord {
         let state = self.state();
         let target = state.target.as_ref().map(|t| t.health.name.clone());
         (target, state.attempts)
+    }
+
+    /// The target of the last attempt.
+    pub fn last_target(&self) -> Option<Arc<Target>> {
+        self.state().target.clone()
+    }
+
+    /// The usage recorded so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.state().usage
+    }
+
+    /// A broken stream went on on `target` (its usage is both attempts').
+    pub fn set_resumed(&self, target: Arc<str>) {
+        self.state().resumed_on = Some(target);
     }
 
     /// Records a moment; only the first occurrence of each counts.
@@ -244,6 +262,7 @@ impl RequestRecord {
             finish_reasons: std::mem::take(&mut state.finish_reasons),
             response_id: state.response_id.take(),
             response_model: state.response_model.take(),
+            resumed_on: state.resumed_on.take(),
         }
     }
 }

@@ -94,4 +94,7 @@ pub struct Report {
     /// The answer's own id and model, as the upstream named them.
     pub response_id: Option<String>,
     pub response_model: Option<String>,
+    /// The target (`provider/model`) a broken stream was resumed on; its usage is then the
+    /// sum of both attempts'.
+    pub resumed_on: Option<Arc<str>>,
 }

@@ -58,6 +58,7 @@ pub struct ModelRoute {
     pub context_fallbacks: Vec<Arc<str>>,
     pub timeouts: ModelTimeouts,
     pub on_timeout: OnTimeout,
+    pub resume_streams: bool,
 }
 
 pub struct Target {
@@ -68,6 +69,8 @@ pub struct Target {
     pub max_tokens: Option<u64>,
     /// The upstream model's tokenizer, built with the snapshot.
     pub tokenizer: Tokenizer,
+    /// Continues a final assistant message (prefill), for resuming broken streams.
+    pub prefill: bool,
     pub health: Arc<TargetHealth>,
 }
 
@@ -150,6 +153,9 @@ impl Snapshot {
                             priority: t.priority,
                             max_tokens: t.max_tokens,
                             tokenizer: Tokenizer::for_model(upstream_model),
+                            prefill: t
+                                .prefill
+                                .unwrap_or(providers[t.provider.as_str()].kind.prefills()),
                             health: shared.health.get(&t.provider, upstream_model, budget),
                         })
                     })
@@ -164,6 +170,7 @@ impl Snapshot {
                     context_fallbacks: names(&model.context_fallbacks),
                     timeouts: model.timeouts,
                     on_timeout: model.on_timeout,
+                    resume_streams: model.resume_streams,
                 };
                 (name, Arc::new(route))
             })

@@ -18,3 +18,11 @@ pub fn write_data_frame(buffer: &mut BytesMut, json: &[u8]) {
     buffer.put_slice(json);
     buffer.put_slice(b"\n\n");
 }
+
+/// Appends one comment line (`: text`), which SSE clients ignore.
+pub fn write_comment(buffer: &mut BytesMut, text: &[u8]) {
+    buffer.reserve(text.len() + 4);
+    buffer.put_slice(b": ");
+    buffer.put_slice(text);
+    buffer.put_slice(b"\n\n");
+}

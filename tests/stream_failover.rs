@@ -19,6 +19,10 @@ use common::scenario::{
 use common::upstream::{self, Behavior, Received};
 use serde_json::Value;
 
+/// `primary` (`up/a`) with the fallback `backup` (`up/b`), streams not resumed: what a
+/// broken stream does when nothing may continue it (`tests/stream_resume.rs` resumes).
+const NO_RESUME: &str = "  primary: {targets: [{provider: up, model: a}], fallbacks: [backup], resume_streams: false}\n  backup: {targets: [{provider: up, model: b}]}\n";
+
 /// Runs a scenario whose stream from `up/a` fails after its first content: the client
 /// gets the content so far, then an error event and no `[DONE]`; when the request is over,
 /// the upstream got that one request and nothing more (no retry after the commit, though
@@ -67,7 +71,7 @@ async fn a_slow_first_token_falls_back_before_anything_reaches_the_client() {
 #[tokio::test]
 async fn a_stream_cut_after_content_ends_with_an_error_event_and_is_not_retried() {
     let cut = Scenario::answering(primary(|_| cut_after("a", &["Hello ", "wor"])));
-    let (_, content, _) = committed(cut.models(PRIMARY_WITH_BACKUP)).await;
+    let (_, content, _) = committed(cut.models(NO_RESUME)).await;
     assert_eq!(content, "Hello wor");
 }
 
@@ -79,7 +83,7 @@ async fn a_stream_that_stalls_after_content_ends_at_the_idle_timeout() {
             interval: Duration::from_millis(5),
         }))
         .timeouts("connect: 1s, first_byte: 1s, stream_idle: 500ms")
-        .models(PRIMARY_WITH_BACKUP),
+        .models(NO_RESUME),
     )
     .await;
     assert_eq!(content, "Hello wor");
@@ -162,9 +166,7 @@ async fn with_fail_on_malformed_a_malformed_event_after_content_ends_the_stream(
             true,
         )
     }));
-    let malformed = malformed
-        .models(PRIMARY_WITH_BACKUP)
-        .up_settings(FAIL_ON_MALFORMED);
+    let malformed = malformed.models(NO_RESUME).up_settings(FAIL_ON_MALFORMED);
     let (_, content, _) = committed(malformed).await;
     assert_eq!(content, "Hi");
 }
@@ -178,7 +180,7 @@ async fn a_stream_missing_done_after_content_is_not_retried_even_with_fallbacks(
         // Role and content, no finish chunk, no [DONE], a clean end of the body.
         sse(data[..3].to_vec(), false)
     }));
-    let (s, content, _) = committed(unfinished.models(PRIMARY_WITH_BACKUP)).await;
+    let (s, content, _) = committed(unfinished.models(NO_RESUME)).await;
     assert_eq!(content, "partial answer");
     assert_eq!(s.hits("a"), 1);
     assert_eq!(s.hits("b"), 0);

@@ -29,6 +29,9 @@ pub struct Chunk {
     finish_reason: Option<FinishReason>,
     /// The index of the (last) choice the chunk carries.
     choice: Option<u32>,
+    /// An SSE comment for the client's raw stream (`json` holds its text), not a chunk:
+    /// SDKs ignore comments.
+    comment: bool,
 }
 
 impl Chunk {
@@ -62,10 +65,29 @@ impl Chunk {
             choice: probe.choices.last().map(|c| c.index),
             usage: probe.usage,
             json,
+            comment: false,
         }
     }
 
-    /// The JSON the client gets.
+    /// An SSE comment line for the client (`: text`), such as a trailer the gateway adds
+    /// to a stream; `text` is one line.
+    pub fn comment(text: String) -> Self {
+        Self {
+            json: Bytes::from(text),
+            content_len: 0,
+            usage: None,
+            usage_only: false,
+            finish_reason: None,
+            choice: None,
+            comment: true,
+        }
+    }
+
+    pub fn is_comment(&self) -> bool {
+        self.comment
+    }
+
+    /// The JSON the client gets (a comment's text, for a comment).
     pub fn json(&self) -> &Bytes {
         &self.json
     }
@@ -106,6 +128,30 @@ impl Chunk {
             model: Option<String>,
         }
         serde_json::from_slice::<Identity>(&self.json).map_or((None, None), |i| (i.id, i.model))
+    }
+
+    /// Every text field of the chunk's deltas, read (not edited).
+    pub fn texts(&self) -> Vec<(TextField, String)> {
+        let mut texts = Vec::new();
+        let _ = edit_choices(&self.json, "delta", |field, text| {
+            texts.push((field, text.to_owned()));
+            None
+        });
+        texts
+    }
+
+    /// Rewrites the chunk's JSON with `rewrite` (re-encoded once, key order and unknown
+    /// fields kept) and reads its facts again.
+    pub fn rewrite(&mut self, rewrite: impl FnOnce(&mut Value)) -> Result<(), GatewayError> {
+        let mut value: Value = serde_json::from_slice(&self.json)
+            .map_err(|e| GatewayError::Internal(format!("rewriting a chunk: {e}")))?;
+        rewrite(&mut value);
+        let json = serde_json::to_vec(&value)
+            .map_err(|e| GatewayError::Internal(format!("re-encoding a chunk: {e}")))?;
+        let probe: ChunkProbe = serde_json::from_slice(&json)
+            .map_err(|e| GatewayError::Internal(format!("a rewritten chunk: {e}")))?;
+        *self = Self::with_facts(Bytes::from(json), probe);
+        Ok(())
     }
 
     /// Rewrites the generated text of each choice's delta: `edit` is shown every text
@@ -254,6 +300,7 @@ impl ChunkWriter {
             usage_only: false,
             finish_reason,
             choice: Some(index),
+            comment: false,
         }
     }
 
@@ -266,6 +313,7 @@ impl ChunkWriter {
             usage_only: true,
             finish_reason: None,
             choice: None,
+            comment: false,
         }
     }
 

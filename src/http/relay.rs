@@ -62,7 +62,11 @@ impl SseRelay {
                 // Room for a typical burst of chunks without growing.
                 self.batch.reserve(8 * 1024);
             }
-            sse::write_data_frame(&mut self.batch, chunk.json());
+            if chunk.is_comment() {
+                sse::write_comment(&mut self.batch, chunk.json());
+            } else {
+                sse::write_data_frame(&mut self.batch, chunk.json());
+            }
         }
     }
 

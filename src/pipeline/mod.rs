@@ -11,6 +11,7 @@ pub mod balance;
 pub mod dispatch;
 pub mod limits;
 pub mod resilience;
+pub mod resume;
 pub mod route;
 pub mod step;
 pub mod watchers;
@@ -31,6 +32,7 @@ pub struct GatewayRequest {
 }
 
 /// What the client asked for, parsed. Shared (`Arc`) so attempts and streams can hold it.
+#[derive(Clone)]
 pub enum Call {
     Chat(Arc<ChatRequest>),
     Embeddings(Arc<EmbeddingsRequest>),

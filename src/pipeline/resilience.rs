@@ -22,7 +22,8 @@
 //!   (or, like a model without a usable provider, hands over to its fallbacks).
 //!
 //! Streams are retried only until their first content chunk (see `dispatch.rs`); after it,
-//! the answer is the client's and is never replayed.
+//! the answer is the client's and is never replayed: a stream that breaks then is resumed
+//! on another target where that is possible (`resume.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use futures_util::future::BoxFuture;
 use tower::Service;
 
 use super::dispatch::{self, Deadline};
+use super::resume::{self, Resumable};
 use super::{Call, GatewayRequest, balance};
 use crate::api::reply::Reply;
 use crate::config::schema::{OnTimeout, ResilienceSettings};
@@ -60,6 +62,8 @@ impl Service<GatewayRequest> for Resilience {
 
 async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
     let GatewayRequest { ctx, call } = request;
+    // Shared with a stream that may need to resume on another target after this returns.
+    let ctx = Arc::new(ctx);
     let route = ctx
         .route
         .clone()
@@ -81,6 +85,18 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
     let mut model = route.clone();
     loop {
         let error = match run_model(&ctx, &call, &model, deadline, !chain.is_empty()).await {
+            Ok(Reply::Stream(stream)) => {
+                let later = chain
+                    .iter()
+                    .filter_map(|name| ctx.snapshot.models.get(name).cloned());
+                let plan = Resumable {
+                    models: std::iter::once(model).chain(later).collect(),
+                    ctx,
+                    call,
+                    deadline,
+                };
+                return Ok(Reply::Stream(resume::resumable(stream, plan)));
+            }
             Ok(reply) => return Ok(reply),
             Err(error) => error,
         };

@@ -236,6 +236,9 @@ impl SseReader {
             if let Some(end) = find(&self.buffer, b"\n\n") {
                 let frame = self.buffer.split_to(end + 2);
                 let text = std::str::from_utf8(&frame).unwrap().trim_end().to_owned();
+                if text.starts_with(':') {
+                    continue; // a comment, as SSE clients ignore it
+                }
                 let data = text.strip_prefix("data: ").expect("a data frame");
                 return Some(data.to_owned());
             }

@@ -437,12 +437,22 @@ impl Reply {
             .unwrap_or_else(|| panic!("a partial frame at the end: {:?}", self.body));
         frames
             .split("\n\n")
+            .filter(|frame| !frame.starts_with(':'))
             .map(|frame| {
                 frame
                     .strip_prefix("data: ")
                     .unwrap_or_else(|| panic!("not a data frame: {frame:?}"))
                     .to_owned()
             })
+            .collect()
+    }
+
+    /// The SSE comment lines of a stream (which SDKs ignore), without their `: `.
+    pub fn comments(&self) -> Vec<String> {
+        self.body
+            .split("\n\n")
+            .filter_map(|frame| frame.strip_prefix(": "))
+            .map(str::to_owned)
             .collect()
     }
 }

@@ -68,6 +68,17 @@ pub async fn openai_sdk_schemas_check(gateway: &TestGateway, chat_model: &str) {
     .await;
 }
 
+/// Runs tests/sdk/openai_sdk_resumed_stream_check.py against `gateway`: a stream of
+/// `chat_model` that breaks and is resumed reads whole through the SDK.
+pub async fn openai_sdk_resumed_stream_check(gateway: &TestGateway, chat_model: &str) {
+    run(
+        "tests/sdk/openai_sdk_resumed_stream_check.py",
+        gateway,
+        &[chat_model, super::TEST_KEY],
+    )
+    .await;
+}
+
 /// Runs `script` with the gateway's `/v1` URL and `args`; it must exit 0 printing `ok`.
 async fn run(script: &'static str, gateway: &TestGateway, args: &[&str]) {
     let base_url = format!("{}/v1", gateway.url);
