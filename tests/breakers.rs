@@ -88,6 +88,41 @@ async fn an_outage_trips_the_breaker_traffic_falls_back_and_returns_after_recove
     assert_eq!(state["state"], "closed", "{state}");
 }
 
+/// The flapping provider at a hundredth of the time: the default breaker settings (cooldown
+/// 5 s, at most 10 s) become 50 ms and 100 ms, the one-minute outage 600 ms, one request
+/// every 4 s one every 40 ms. Counted in requests, not time: a slow machine only spaces the
+/// requests further, which makes the probe due sooner in requests. (The defaults
+/// themselves, minute by minute: `health::breaker`'s paused-time test.)
+#[tokio::test]
+async fn a_flapping_primary_serves_again_within_four_requests_of_recovering() {
+    let down = Switch::on();
+    let s = Scenario::answering(a_down_while(&down))
+        .models(PRIMARY_WITH_BACKUP)
+        .resilience("breaker: {cooldown: 50ms, max_cooldown: 100ms}")
+        .start()
+        .await;
+    let every = std::time::Duration::from_millis(40);
+    for _ in 0..15 {
+        let reply = s.chat(&ask("primary")).await;
+        assert_eq!(reply.status, 200, "every request is served: {reply:?}");
+        assert_eq!(reply.target(), Some("up/b"), "by the fallback");
+        tokio::time::sleep(every).await;
+    }
+    assert!(trips(&s.breaker("up/a").await) >= 2, "probes failed during the outage");
+
+    // The fourth request after the recovery comes at least 120 ms after it: past any
+    // cooldown, so it is a probe if the circuit is still open, and the probe succeeds.
+    down.set(false);
+    let mut served_by = Vec::new();
+    for _ in 0..4 {
+        let reply = s.chat(&ask("primary")).await;
+        assert_eq!(reply.status, 200, "every request is served: {reply:?}");
+        served_by.push(reply.target().unwrap().to_owned());
+        tokio::time::sleep(every).await;
+    }
+    assert_eq!(served_by.last().unwrap(), "up/a", "{served_by:?}");
+}
+
 #[tokio::test]
 async fn streams_cut_after_their_first_content_count_against_the_target() {
     let s = Scenario::answering(primary(|_| cut_after("a", &["Hello ", "wor"])))
