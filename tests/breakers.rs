@@ -108,7 +108,10 @@ async fn a_flapping_primary_serves_again_within_four_requests_of_recovering() {
         assert_eq!(reply.target(), Some("up/b"), "by the fallback");
         tokio::time::sleep(every).await;
     }
-    assert!(trips(&s.breaker("up/a").await) >= 2, "probes failed during the outage");
+    assert!(
+        trips(&s.breaker("up/a").await) >= 2,
+        "probes failed during the outage"
+    );
 
     // The fourth request after the recovery comes at least 120 ms after it: past any
     // cooldown, so it is a probe if the circuit is still open, and the probe succeeds.

@@ -12,6 +12,8 @@ use common::content_of;
 use common::scenario::{
     Reply, Scenario, ask_stream, assert_clean, assert_ends_with_error, cut_after, model_of, sse,
 };
+use std::time::Duration;
+
 use common::upstream::{self, Behavior, Received};
 use serde_json::{Value, json};
 
@@ -127,6 +129,43 @@ async fn a_broken_stream_is_continued_with_a_prefill() {
     let metrics = s.metrics().await;
     let resumed = r#"switchyard_stream_resumptions_total{target="up/b",outcome="resumed"} 1"#;
     assert!(metrics.contains(resumed), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stall_or_an_error_event_after_content_is_resumed_too() {
+    fn delivered() -> Vec<String> {
+        upstream::chunks("a", DELIVERED, false)[..=DELIVERED.len()].to_vec()
+    }
+    fn stall() -> Behavior {
+        Behavior::Stall {
+            data: delivered(),
+            interval: Duration::from_millis(5),
+        }
+    }
+    fn error_event() -> Behavior {
+        let error = r#"{"error": {"message": "The server had an error.", "type": "server_error", "code": null}}"#;
+        Behavior::Events {
+            data: [delivered(), vec![error.to_owned()]].concat(),
+            interval: Duration::from_millis(5),
+            done: false,
+        }
+    }
+    let stall: fn() -> Behavior = stall;
+    for (how, broken) in [("stall", stall), ("error event", error_event)] {
+        let (_, reply) = Scenario::answering(move |r: &Received| match model_of(r).as_str() {
+            "a" => broken(),
+            _ => continuation(&[" blue", "."]),
+        })
+        .timeouts("connect: 1s, first_byte: 1s, stream_idle: 300ms")
+        .models(&models(true))
+        .run(&ask_stream("primary"))
+        .await;
+        let events = reply.events();
+        assert_clean(&events);
+        assert_eq!(content_of(&events), "The sky is blue.", "{how}");
+        assert_one_stream(&events);
+        assert_eq!(reply.comments().len(), 1, "{how}: {events:?}");
+    }
 }
 
 #[tokio::test]
