@@ -83,6 +83,16 @@ enum Phase {
     Done,
 }
 
+impl Phase {
+    /// The splice of a continuation that is over, leaving `Done`.
+    fn take_splice(&mut self) -> Box<Splice> {
+        match std::mem::replace(self, Phase::Done) {
+            Phase::Starting { splice, .. } | Phase::Spliced { splice, .. } => splice,
+            Phase::Streaming(_) | Phase::Done => unreachable!("only a continuation has one"),
+        }
+    }
+}
+
 struct Resuming {
     phase: Phase,
     /// The chunks with content the client got from the original stream (shared, not
@@ -145,11 +155,7 @@ impl Stream for Resuming {
                 },
                 Phase::Starting { continuation, .. } => {
                     let started = std::task::ready!(continuation.as_mut().poll(cx));
-                    let Phase::Starting { splice, .. } =
-                        std::mem::replace(&mut this.phase, Phase::Done)
-                    else {
-                        unreachable!("matched above")
-                    };
+                    let splice = this.phase.take_splice();
                     match started {
                         Ok(Reply::Stream(stream)) => this.phase = Phase::Spliced { stream, splice },
                         Ok(Reply::Json(_)) | Err(_) => {
@@ -163,28 +169,16 @@ impl Stream for Resuming {
                             Spliced::Send(chunk) => return Poll::Ready(Some(Ok(chunk))),
                             Spliced::Drop => {}
                             Spliced::Diverged => {
-                                let Phase::Spliced { splice, .. } =
-                                    std::mem::replace(&mut this.phase, Phase::Done)
-                                else {
-                                    unreachable!("matched above")
-                                };
+                                let splice = this.phase.take_splice();
                                 return Poll::Ready(Some(Err(this.give_up(*splice, "diverged"))));
                             }
                         },
                         Some(Err(_)) => {
-                            let Phase::Spliced { splice, .. } =
-                                std::mem::replace(&mut this.phase, Phase::Done)
-                            else {
-                                unreachable!("matched above")
-                            };
+                            let splice = this.phase.take_splice();
                             return Poll::Ready(Some(Err(this.give_up(*splice, "failed"))));
                         }
                         None => {
-                            let Phase::Spliced { splice, .. } =
-                                std::mem::replace(&mut this.phase, Phase::Done)
-                            else {
-                                unreachable!("matched above")
-                            };
+                            let splice = this.phase.take_splice();
                             return Poll::Ready(Some(Ok(this.finish(&splice))));
                         }
                     }
