@@ -19,6 +19,7 @@ use switchyard::bench::RequestRecord;
 use switchyard::bench::SseRelay;
 use switchyard::bench::{Endpoint, Sinks};
 use switchyard::config::parse;
+use switchyard::config::schema::ProviderKind;
 
 const CHUNKS: usize = 20;
 
@@ -81,7 +82,12 @@ fn sse_relay(c: &mut Criterion) {
                 .iter()
                 .map(|json| Chunk::from_openai(json.clone(), "openai"));
             let upstream: ChunkStream = Box::pin(stream::iter(chunks.collect::<Vec<_>>()));
-            let metered: ChunkStream = Box::pin(Metered::new(upstream, record.clone(), 100));
+            let metered: ChunkStream = Box::pin(Metered::new(
+                upstream,
+                record.clone(),
+                100,
+                (ProviderKind::Mock, "m".into()),
+            ));
             let mut relay = SseRelay::new(metered, record, true);
             let mut bytes = 0;
             while let Some(Some(Ok(frame))) = relay.next().now_or_never() {

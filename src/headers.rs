@@ -12,6 +12,12 @@ pub const TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
 /// On every chat and embeddings response: how many upstream calls were made (0 when the
 /// request was refused before any, or every target's circuit was open).
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+/// On every non-streamed answer: what it cost in USD at the configured prices (`0` for a
+/// free model, `unknown` for a model without a price).
+pub const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+/// Where that cost comes from: `provider` (the provider's usage), `estimated` (the
+/// gateway's count) or `unpriced`.
+pub const COST_SOURCE: HeaderName = HeaderName::from_static("x-switchyard-cost-source");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never
 /// forwarded in either direction.

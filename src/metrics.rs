@@ -1,8 +1,21 @@
 //! Prometheus metrics, served on `GET /metrics`. The registry outlives config reloads.
-//! Label values are bounded: endpoints and outcomes are fixed sets, models are the
-//! configured public names (anything else is recorded as `unknown`).
+//!
+//! Two kinds of instruments: what layers count as it happens (attempts, retries,
+//! fallbacks, refusals, breaker states, reloads: the methods below), and what every
+//! finished request's [`Report`] says (the `Sink`: request counts and durations, gateway
+//! overhead, tokens, cost and the GenAI client instruments, in `metrics/requests.rs`).
+//!
+//! Label values are bounded: endpoints, outcomes and reasons are fixed sets, models and
+//! targets come from the config, teams from the config's or the admin API's teams; no
+//! request id, user or key is ever a label (keys are not labels at all). Latency
+//! histograms carry the request's trace id as an exemplar when it has one, so a slow
+//! bucket links to its trace; exemplars are only in the OpenMetrics format, which a
+//! scraper gets when it asks for it.
+
+mod requests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,114 +23,156 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::report::{Report, Sink};
+pub use self::requests::OutputChunks;
+use self::requests::RequestMetrics;
+use crate::config::schema::ProviderKind;
+use crate::report::{Endpoint, Report, Sink};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub endpoint: &'static str,
-    pub model: Arc<str>,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
+struct TargetLabels {
     /// `provider/upstream model`, both from the config.
-    pub target: Arc<str>,
+    target: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AttemptLabels {
-    pub target: Arc<str>,
+struct AttemptLabels {
+    target: Arc<str>,
     /// `success`, or the error's label (`upstream_status`, `upstream_timeout`, ...).
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub result: &'static str,
+struct ReasonLabels {
+    /// The error's label that made the gateway move on.
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    /// The kind of limit: `requests_per_minute`, `tokens_per_minute`, `in_flight`,
+    /// `budget_daily`, `budget_monthly`, `store_unavailable`.
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
 }
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
+    requests: RequestMetrics,
+    in_flight: Family<EndpointLabels, Gauge>,
     config_reloads: Family<ReloadLabels, Counter>,
     limits_degraded: Gauge,
     limits_errors: Counter,
+    limit_refusals: Family<LimitLabels, Counter>,
     breaker_state: Family<TargetLabels, Gauge>,
     breaker_trips: Family<TargetLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
+    retries: Family<ReasonLabels, Counter>,
+    fallbacks: Family<ReasonLabels, Counter>,
     malformed_events: Family<TargetLabels, Counter>,
     resumptions: Family<AttemptLabels, Counter>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("switchyard");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by endpoint, public model and HTTP status (499: client went away)",
-            requests.clone(),
+        let mut registry = Registry::default();
+        let requests = RequestMetrics::register(&mut registry);
+        let ours = registry.sub_registry_with_prefix("switchyard");
+        let in_flight = Family::default();
+        ours.register(
+            "requests_in_flight",
+            "Requests being served (streams until they end), by endpoint",
+            in_flight.clone(),
         );
-        let config_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
+        let config_reloads = Family::default();
+        ours.register(
             "config_reloads",
             "Config reload attempts by result (failure: the previous config kept serving)",
             config_reloads.clone(),
         );
         let limits_degraded = Gauge::default();
-        registry.register(
+        ours.register(
             "limits_store_degraded",
             "1 while the shared rate-limit store (Redis) is unavailable and its failure policy applies",
             limits_degraded.clone(),
         );
         let limits_errors = Counter::default();
-        registry.register(
+        ours.register(
             "limits_store_errors",
             "Calls to the shared rate-limit store that failed or timed out",
             limits_errors.clone(),
         );
-        let breaker_state = Family::<TargetLabels, Gauge>::default();
-        registry.register(
+        let limit_refusals = Family::default();
+        ours.register(
+            "limit_refusals",
+            "Requests refused by a rate limit or budget, by kind of limit",
+            limit_refusals.clone(),
+        );
+        let breaker_state = Family::default();
+        ours.register(
             "breaker_state",
             "Circuit breaker of each target: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
-        let breaker_trips = Family::<TargetLabels, Counter>::default();
-        registry.register(
+        let breaker_trips = Family::default();
+        ours.register(
             "breaker_trips",
             "Times a target's circuit breaker opened",
             breaker_trips.clone(),
         );
-        let attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register(
+        let attempts = Family::default();
+        ours.register(
             "upstream_attempts",
             "Calls to upstream targets (retries and fallbacks included), by outcome",
             attempts.clone(),
         );
-        let malformed_events = Family::<TargetLabels, Counter>::default();
-        registry.register(
+        let retries = Family::default();
+        ours.register(
+            "retries",
+            "Attempts made again within a model after a failure, by the failure",
+            retries.clone(),
+        );
+        let fallbacks = Family::default();
+        ours.register(
+            "fallbacks",
+            "Requests handed to a fallback model, by the failure that made them",
+            fallbacks.clone(),
+        );
+        let malformed_events = Family::default();
+        ours.register(
             "upstream_malformed_events",
             "Upstream stream events dropped for not being valid JSON (on_malformed_event: skip)",
             malformed_events.clone(),
         );
-        let resumptions = Family::<AttemptLabels, Counter>::default();
-        registry.register(
+        let resumptions = Family::default();
+        ours.register(
             "stream_resumptions",
             "Broken streams the gateway tried to continue on another target, by that target and outcome (resumed, failed, diverged)",
             resumptions.clone(),
         );
         Self {
-            resumptions,
-            malformed_events,
             registry,
             requests,
+            in_flight,
             config_reloads,
             limits_degraded,
             limits_errors,
+            limit_refusals,
             breaker_state,
             breaker_trips,
             attempts,
+            retries,
+            fallbacks,
+            malformed_events,
+            resumptions,
         }
     }
 
@@ -142,6 +197,22 @@ impl Metrics {
             outcome,
         };
         self.attempts.get_or_create(&labels).inc();
+    }
+
+    /// An attempt is made again on the same model after a failure labelled `reason`.
+    pub fn count_retry(&self, reason: &'static str) {
+        self.retries.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A request moves on to a fallback model after a failure labelled `reason`.
+    pub fn count_fallback(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn count_limit_refusal(&self, limit: &'static str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     pub fn count_resumption(&self, target: &Arc<str>, outcome: &'static str) {
@@ -170,24 +241,65 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
+    /// One more request of `endpoint` in flight, until [`Metrics::leave`].
+    pub fn enter(&self, endpoint: Endpoint) {
+        let labels = EndpointLabels {
+            endpoint: endpoint.as_str(),
+        };
+        self.in_flight.get_or_create(&labels).inc();
+    }
+
+    pub fn leave(&self, endpoint: Endpoint) {
+        let labels = EndpointLabels {
+            endpoint: endpoint.as_str(),
+        };
+        self.in_flight.get_or_create(&labels).dec();
+    }
+
+    /// The timer of one chat stream's chunks: `provider_kind`'s `request_model`, which
+    /// says `response_model` answered.
+    pub fn output_chunks(
+        &self,
+        provider_kind: ProviderKind,
+        request_model: Arc<str>,
+        response_model: Option<&str>,
+    ) -> OutputChunks {
+        self.requests
+            .output_chunks(provider_kind, request_model, response_model)
+    }
+
+    /// An upstream call to `target` took `took` (to the end of its answer).
+    pub fn observe_upstream(&self, target: &Arc<str>, took: Duration) {
+        self.requests.observe_upstream(target, took);
+    }
+
+    /// The exposition: OpenMetrics (with exemplars) when `openmetrics`, else the
+    /// Prometheus text format 0.0.4 (the same samples without exemplars).
+    pub fn render(&self, openmetrics: bool) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        if openmetrics {
+            return out;
+        }
+        let mut text = String::with_capacity(out.len());
+        for line in out.lines().filter(|line| *line != "# EOF") {
+            // An exemplar follows its sample after ` # `; a comment line starts with `#`.
+            let sample = match line.find(" # ") {
+                Some(at) if !line.starts_with('#') => &line[..at],
+                _ => line,
+            };
+            text.push_str(sample);
+            text.push('\n');
+        }
+        text
     }
 }
 
-/// Counts every finished request by endpoint, public model and status.
+/// Every finished request's counters and histograms.
 impl Sink for Metrics {
     fn record(&self, report: &Report) {
-        let labels = RequestLabels {
-            endpoint: report.endpoint.as_str(),
-            model: report.model.clone().unwrap_or_else(|| Arc::from("unknown")),
-            status: report.status,
-        };
-        self.requests.get_or_create(&labels).inc();
+        self.requests.record(report);
     }
 }
 

@@ -34,6 +34,14 @@ impl From<&PriceConfig> for Price {
 }
 
 impl Price {
+    /// What a model that costs nothing costs (the mock's).
+    pub const FREE: Self = Self {
+        input: 0.0,
+        cached_input: 0.0,
+        cache_write: 0.0,
+        output: 0.0,
+    };
+
     /// The cost of a request's usage.
     pub fn cost(&self, usage: &Usage) -> Cost {
         let details = usage.prompt_tokens_details.unwrap_or_default();
@@ -66,6 +74,17 @@ impl Price {
 pub struct Cost {
     pub usd: f64,
     pub source: UsageSource,
+}
+
+impl Cost {
+    /// The cost's value and source as the cost headers and the usage extension give them:
+    /// `unknown` and `unpriced` without a price.
+    pub fn describe(cost: Option<Self>) -> (String, &'static str) {
+        match cost {
+            Some(cost) => (cost.usd.to_string(), cost.source.as_str()),
+            None => ("unknown".to_owned(), "unpriced"),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]

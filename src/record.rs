@@ -15,7 +15,7 @@ use crate::clock::{self, Instant};
 use crate::error::GatewayError;
 use crate::limits::{LimitStatus, Used};
 use crate::metrics::Metrics;
-use crate::pricing::Price;
+use crate::pricing::{Cost, Price};
 use crate::report::{CLIENT_CLOSED_REQUEST, Endpoint, Report, ServedBy, Sinks, Timings};
 use crate::snapshot::Target;
 use crate::usage::Usage;
@@ -25,6 +25,7 @@ pub enum Mark {
     UpstreamStart,
     FirstByte,
     FirstContent,
+    UpstreamEnd,
     End,
 }
 
@@ -95,6 +96,7 @@ impl RequestRecord {
             response_model: None,
             resumed_on: None,
         };
+        metrics.enter(endpoint);
         Self {
             request_id,
             endpoint,
@@ -149,6 +151,13 @@ impl RequestRecord {
         self.state().usage
     }
 
+    /// What the usage recorded so far cost at the serving target's price (`None` without
+    /// a price or a usage).
+    pub fn cost(&self) -> Option<Cost> {
+        let state = self.state();
+        state.price.zip(state.usage).map(|(p, u)| p.cost(&u))
+    }
+
     /// A broken stream went on on `target` (its usage is both attempts').
     pub fn set_resumed(&self, target: Arc<str>) {
         self.state().resumed_on = Some(target);
@@ -162,6 +171,7 @@ impl RequestRecord {
             Mark::UpstreamStart => &mut state.timings.upstream_start,
             Mark::FirstByte => &mut state.timings.first_byte,
             Mark::FirstContent => &mut state.timings.first_content,
+            Mark::UpstreamEnd => &mut state.timings.upstream_end,
             Mark::End => &mut state.timings.end,
         };
         slot.get_or_insert(elapsed);
@@ -246,6 +256,7 @@ impl RequestRecord {
         });
         Report {
             request_id: self.request_id.clone(),
+            trace_id: None,
             endpoint: self.endpoint,
             status,
             error: state.error,
@@ -285,6 +296,7 @@ impl Drop for RequestRecord {
         for sink in self.sinks.iter() {
             sink.record(&report);
         }
+        self.metrics.leave(self.endpoint);
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Timings {
     pub first_byte: Option<Duration>,
     /// The first chunk carrying content (text, tool call, refusal) arrived.
     pub first_content: Option<Duration>,
+    /// The upstream answer that served the request was complete (a body read, a stream
+    /// ended).
+    pub upstream_end: Option<Duration>,
     /// The answer was complete.
     pub end: Option<Duration>,
 }
@@ -70,6 +73,8 @@ pub struct ServedBy {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub request_id: Arc<str>,
+    /// The request's trace, when it is traced (hex).
+    pub trace_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
     /// The HTTP status the client got ([`CLIENT_CLOSED_REQUEST`] if it left early).
     pub status: u16,
@@ -97,4 +102,15 @@ pub struct Report {
     /// The target (`provider/model`) a broken stream was resumed on; its usage is then the
     /// sum of both attempts'.
     pub resumed_on: Option<Arc<str>>,
+}
+
+impl Report {
+    /// The gateway's time on the way back: from the end of the upstream answer to the end
+    /// of the client's.
+    pub fn response_overhead(&self) -> Option<Duration> {
+        let Timings {
+            upstream_end, end, ..
+        } = self.timings;
+        Some(end?.saturating_sub(upstream_end?))
+    }
 }

@@ -218,7 +218,13 @@ fn check_stream(events: Vec<String>, expect: &Value, diffs: &mut Vec<String>) {
         return;
     }
     for (i, (want, got)) in expected.iter().zip(body).enumerate() {
-        matches(want, got, &format!("chunks[{i}]"), diffs);
+        // The cost the gateway adds to the usage it was asked for is the gateway's, not the
+        // adapter's (tests/metrics.rs).
+        let mut got = got.clone();
+        if let Some(usage) = got.get_mut("usage").and_then(Value::as_object_mut) {
+            usage.remove("switchyard");
+        }
+        matches(want, &got, &format!("chunks[{i}]"), diffs);
     }
     if let Some(last) = last {
         subset(&expect["error"], &last["error"], "error event", diffs);

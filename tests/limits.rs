@@ -73,6 +73,9 @@ async fn requests_per_minute_admit_a_burst_then_refuse_with_retry_after() {
         "one request every 12 s: {retry_after}"
     );
     assert_ne!(header(&refused, "x-should-retry"), "false");
+    let metrics = gateway.get("/metrics").await.text().await.unwrap();
+    let refusals = r#"switchyard_limit_refusals_total{limit="requests_per_minute"} 1"#;
+    assert!(metrics.contains(refusals), "{metrics}");
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "rate_limit_exceeded");
     assert_eq!(error["error"]["type"], "rate_limit_error");

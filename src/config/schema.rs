@@ -399,6 +399,18 @@ impl ProviderKind {
         }
     }
 
+    /// `gen_ai.provider.name` in the OpenTelemetry GenAI conventions (the mock, which is
+    /// none of theirs, is `switchyard.mock`).
+    pub fn gen_ai_provider_name(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Azure => "azure.ai.openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gcp.gemini",
+            Self::Mock => "switchyard.mock",
+        }
+    }
+
     /// Whether the provider's API continues a final assistant message (prefill).
     pub fn prefills(self) -> bool {
         self == Self::Anthropic

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tower::ServiceExt;
 
 use super::auth::Caller;
@@ -20,9 +20,10 @@ use crate::api::models::{ModelList, ModelObject};
 use crate::api::reply::Reply;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::headers::{ATTEMPTS, SHOULD_RETRY, TARGET};
+use crate::headers::{ATTEMPTS, COST_SOURCE, COST_USD, SHOULD_RETRY, TARGET};
 use crate::limits::{LimitStatus, format_reset};
 use crate::pipeline::{Call, GatewayRequest};
+use crate::pricing::Cost;
 use crate::record::RequestRecord;
 use crate::report::Endpoint;
 use crate::snapshot::ModelRoute;
@@ -153,7 +154,14 @@ fn respond(reply: Reply, record: &Arc<RequestRecord>, hide_usage: bool) -> Respo
     match reply {
         Reply::Json(json) => {
             record.respond(200, false);
-            json_response(StatusCode::OK, json.into_body())
+            let mut response = json_response(StatusCode::OK, json.into_body());
+            let (usd, source) = Cost::describe(record.cost());
+            let headers = response.headers_mut();
+            if let Ok(usd) = HeaderValue::try_from(usd) {
+                headers.insert(COST_USD, usd);
+            }
+            headers.insert(COST_SOURCE, HeaderValue::from_static(source));
+            response
         }
         Reply::Stream(chunks) => {
             record.respond(200, true);
@@ -247,12 +255,23 @@ pub async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-pub async fn metrics(State(app): State<App>) -> Response {
-    let mut response = app.metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+/// OpenMetrics (with exemplars) for a scraper that asks for it, as Prometheus does when
+/// exemplar storage is on; the Prometheus text format otherwise.
+pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|accept| accept.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    let mut response = app.metrics.render(openmetrics).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
 
 use crate::api::chunk::Chunk;
 use crate::api::reply::ChunkStream;
@@ -56,7 +57,10 @@ impl SseRelay {
         }
     }
 
-    fn push(&mut self, chunk: &Chunk) {
+    fn push(&mut self, mut chunk: Chunk) {
+        if chunk.usage().is_some() && !self.hide_usage {
+            self.add_cost(&mut chunk);
+        }
         if !(self.hide_usage && chunk.is_usage_only()) {
             if self.batch.capacity() == 0 {
                 // Room for a typical burst of chunks without growing.
@@ -67,6 +71,24 @@ impl SseRelay {
             } else {
                 sse::write_data_frame(&mut self.batch, chunk.json());
             }
+        }
+    }
+
+    /// The usage the client asked for says what the answer cost (`usage.switchyard`:
+    /// `cost_usd`, null without a price, and `cost_source`), as the cost headers of a
+    /// non-streamed answer do.
+    fn add_cost(&self, chunk: &mut Chunk) {
+        let cost = match self.record.cost() {
+            Some(cost) => json!({"cost_usd": cost.usd, "cost_source": cost.source.as_str()}),
+            None => json!({"cost_usd": null, "cost_source": "unpriced"}),
+        };
+        let added = chunk.rewrite(|value| {
+            if let Some(usage) = value.get_mut("usage").and_then(Value::as_object_mut) {
+                usage.insert("switchyard".to_owned(), cost);
+            }
+        });
+        if let Err(error) = added {
+            tracing::warn!(request_id = &*self.record.request_id, %error, "the usage chunk keeps no cost");
         }
     }
 
@@ -94,7 +116,7 @@ impl Stream for SseRelay {
             match self.chunks.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     self.idle_rounds = 0;
-                    self.push(&chunk);
+                    self.push(chunk);
                 }
                 Poll::Ready(Some(Err(error))) => {
                     self.finished = true;

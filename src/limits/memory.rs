@@ -129,6 +129,7 @@ impl MemoryLimits {
                 let window = lock(&bucket).reserve(*amount).map_err(|retry_after| Rejection::RateLimited {
                     limit: format!("{per_minute} tokens per minute for {scope} (this request needs {amount})"),
                     retry_after,
+                    kind: check.kind(),
                 })?;
                 LimitStatus::tighten(&mut status.tokens, window);
                 held.push(Held::Tokens {
@@ -143,6 +144,7 @@ impl MemoryLimits {
                     return Err(Rejection::RateLimited {
                         limit: format!("{max} requests in flight for {scope}"),
                         retry_after: Duration::from_secs(1),
+                        kind: check.kind(),
                     });
                 }
                 held.push(Held::Slot(count));
@@ -162,6 +164,7 @@ impl MemoryLimits {
                                 "the {} budget of ${limit_usd} for {scope}",
                                 period.name()
                             ),
+                            kind: check.kind(),
                         });
                     }
                     tally.reserved_usd += amount_usd;
@@ -207,6 +210,7 @@ impl MemoryLimits {
             Err(not_until) => Err(Rejection::RateLimited {
                 limit: format!("{per_minute} requests per minute for {scope}"),
                 retry_after: not_until.wait_time_from(GovernorClock.now()),
+                kind: "requests_per_minute",
             }),
         }
     }

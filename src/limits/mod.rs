@@ -97,6 +97,32 @@ impl Period {
     }
 }
 
+impl Check {
+    /// A bounded name for the kind of limit, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Requests { .. } => "requests_per_minute",
+            Self::Tokens { .. } => "tokens_per_minute",
+            Self::Concurrency { .. } => "in_flight",
+            Self::Budget { period, .. } => match period {
+                Period::Day => "budget_daily",
+                Period::Month => "budget_monthly",
+                Period::Total => "budget_total",
+            },
+        }
+    }
+}
+
+impl Rejection {
+    /// A bounded name for what refused the request, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RateLimited { kind, .. } | Self::OverBudget { kind, .. } => kind,
+            Self::Unavailable => "store_unavailable",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub checks: Vec<Check>,
@@ -118,9 +144,11 @@ pub enum Rejection {
     RateLimited {
         limit: String,
         retry_after: Duration,
+        /// The kind of limit, for metrics ([`Check::kind`]).
+        kind: &'static str,
     },
     /// A budget is spent: retrying does not help until the period ends.
-    OverBudget { budget: String },
+    OverBudget { budget: String, kind: &'static str },
     /// The shared store is down and the deployment fails closed.
     Unavailable,
 }

@@ -247,10 +247,12 @@ fn decode(reply: &[Value], plan: &Plan) -> Result<LimitStatus, Rejection> {
                 ..
             }) => Rejection::OverBudget {
                 budget: format!("the {} budget of ${limit_usd} for {scope}", period.name()),
+                kind: check.map_or("budget", Check::kind),
             },
             _ => Rejection::RateLimited {
                 limit: check.map_or_else(|| "a rate limit".to_owned(), describe),
                 retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(1000)),
+                kind: check.map_or("unknown", Check::kind),
             },
         });
     }

@@ -24,11 +24,12 @@ use super::Call;
 use super::watchers::{IdleTimeout, Metered};
 use crate::api::chunk::Chunk;
 use crate::api::reply::{ChunkStream, JsonReply, Reply, SkippedEvents};
-use crate::config::schema::ProviderTimeouts;
+use crate::config::schema::{ProviderKind, ProviderTimeouts};
 use crate::context::RequestContext;
 use crate::error::{GatewayError, UpstreamKind};
 use crate::health::InFlight;
 use crate::health::breaker::Pass;
+use crate::pricing::Price;
 use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::record::{Mark, RequestRecord};
 use crate::snapshot::{Snapshot, Target};
@@ -64,7 +65,10 @@ pub async fn attempt(
     deadline: Deadline,
 ) -> Result<Reply, GatewayError> {
     let record = &ctx.record;
-    let price = ctx.snapshot.prices.price(&target.upstream_model);
+    let price = ctx.snapshot.prices.price(&target.upstream_model).or(
+        // The mock is free unless the price table says otherwise.
+        (target.provider.kind == ProviderKind::Mock).then_some(Price::FREE),
+    );
     record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
     let started = clock::now();
@@ -132,7 +136,9 @@ pub async fn attempt(
                 inner: Box::pin(stream),
                 outcome: Some(outcome),
             };
-            let metered = Metered::new(Box::pin(watched), record.clone(), prompt_estimate);
+            let upstream = (target.provider.kind, target.upstream_model.clone());
+            let metered =
+                Metered::new(Box::pin(watched), record.clone(), prompt_estimate, upstream);
             Reply::Stream(Box::pin(metered))
         }
     })
@@ -188,6 +194,10 @@ impl Outcome {
             Some(_) => {}
         }
         metrics.count_attempt(&health.name, error.map_or("success", GatewayError::label));
+        metrics.observe_upstream(&health.name, self.started.elapsed());
+        if error.is_none() {
+            self.record.mark(Mark::UpstreamEnd);
+        }
     }
 }
 

@@ -74,8 +74,11 @@ where
         let limiter = self.limiter.clone();
         Box::pin(async move {
             let plan = plan(&request.ctx, &request.call).await;
-            let admission = limiter.reserve(&plan).await.map_err(rejected)?;
             let record = &request.ctx.record;
+            let admission = limiter.reserve(&plan).await.map_err(|rejection| {
+                record.metrics().count_limit_refusal(rejection.kind());
+                rejected(rejection)
+            })?;
             record.set_limit_status(admission.status);
             let settling = limiter.clone();
             record.on_settle(Box::new(move |used| settling.settle(admission, used)));
@@ -86,10 +89,10 @@ where
 
 fn rejected(rejection: Rejection) -> GatewayError {
     match rejection {
-        Rejection::RateLimited { limit, retry_after } => {
-            GatewayError::RateLimited { limit, retry_after }
-        }
-        Rejection::OverBudget { budget } => GatewayError::OverBudget { budget },
+        Rejection::RateLimited {
+            limit, retry_after, ..
+        } => GatewayError::RateLimited { limit, retry_after },
+        Rejection::OverBudget { budget, .. } => GatewayError::OverBudget { budget },
         Rejection::Unavailable => GatewayError::LimitsUnavailable,
     }
 }

@@ -129,6 +129,7 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
             error = error.label(),
             "falling back to another model"
         );
+        ctx.record.metrics().count_fallback(error.label());
         model = next;
     }
 }
@@ -188,6 +189,8 @@ async fn run_model(
         };
         if retry == 0 {
             target.health.deposit();
+        } else if let Some(error) = &last_error {
+            ctx.record.metrics().count_retry(error.label());
         }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;

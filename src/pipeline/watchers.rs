@@ -1,7 +1,7 @@
 //! What the pipeline wraps around a stream once it has started: [`IdleTimeout`] ends a
 //! stream that stays silent too long (or outlives the request's deadline), [`Metered`]
 //! writes what the chunks say on the request record (first content, usage or an estimate
-//! of it, finish reasons, the answer's id and model).
+//! of it, finish reasons, the answer's id and model) and times the gaps between chunks.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +16,9 @@ use tokio::time::Sleep;
 use crate::api::chunk::Chunk;
 use crate::api::reply::ChunkStream;
 use crate::clock::{self, Instant};
+use crate::config::schema::ProviderKind;
 use crate::error::GatewayError;
+use crate::metrics::OutputChunks;
 use crate::record::{Mark, RequestRecord};
 use crate::usage::{Usage, UsageSource, estimate_tokens};
 
@@ -32,6 +34,9 @@ pin_project! {
         content_len: usize,
         provider_usage: bool,
         first: bool,
+        // Who answers, for the time between chunks, timed from the first chunk on.
+        upstream: (ProviderKind, Arc<str>),
+        chunks: Option<OutputChunks>,
     }
 
     impl PinnedDrop for Metered {
@@ -46,7 +51,13 @@ pin_project! {
 }
 
 impl Metered {
-    pub fn new(inner: ChunkStream, record: Arc<RequestRecord>, prompt_estimate: u64) -> Self {
+    /// `upstream`: the provider kind and upstream model of the attempt.
+    pub fn new(
+        inner: ChunkStream,
+        record: Arc<RequestRecord>,
+        prompt_estimate: u64,
+        upstream: (ProviderKind, Arc<str>),
+    ) -> Self {
         Self {
             inner,
             record,
@@ -54,6 +65,8 @@ impl Metered {
             content_len: 0,
             provider_usage: false,
             first: true,
+            upstream,
+            chunks: None,
         }
     }
 }
@@ -67,7 +80,12 @@ impl Stream for Metered {
         if let Some(Ok(chunk)) = &item {
             if std::mem::take(this.first) {
                 let (id, model) = chunk.identity();
+                let (kind, upstream_model) = this.upstream.clone();
+                let metrics = this.record.metrics();
+                *this.chunks = Some(metrics.output_chunks(kind, upstream_model, model.as_deref()));
                 this.record.set_identity(id, model);
+            } else if let Some(chunks) = this.chunks {
+                chunks.chunk();
             }
             if chunk.has_content() && *this.content_len == 0 {
                 this.record.mark(Mark::FirstContent);
