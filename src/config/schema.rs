@@ -278,6 +278,21 @@ pub struct PriceConfig {
     #[serde(default)]
     pub cache_write: Option<f64>,
     pub output: f64,
+    /// Other prices for a request whose prompt is longer than `above_tokens`.
+    #[serde(default)]
+    pub long_context: Option<LongContextConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextConfig {
+    pub above_tokens: u64,
+    pub input: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
