@@ -277,7 +277,7 @@ async fn health_and_readiness() {
 }
 
 #[tokio::test]
-async fn secrets_never_reach_the_logs() {
+async fn secrets_never_reach_the_logs_or_the_metrics() {
     let (logs, _guard) = Logs::capture();
     let (_upstream, gateway) = gateway_for(|request| {
         if request.body["messages"][0]["content"] == "fail" {
@@ -314,10 +314,15 @@ async fn secrets_never_reach_the_logs() {
         text.contains("switchyard::access"),
         "logs were captured: {text}"
     );
+    let metrics = gateway.get("/metrics").await.text().await.unwrap();
     for secret in [UPSTREAM_KEY, common::TEST_KEY] {
         assert!(
             !text.contains(secret),
             "{secret} leaked into the logs:\n{text}"
+        );
+        assert!(
+            !metrics.contains(secret),
+            "{secret} leaked into the metrics:\n{metrics}"
         );
     }
 }
