@@ -31,6 +31,7 @@ impl Sink for AccessLog {
             upstream_start_us = micros(report.timings.upstream_start),
             first_byte_us = micros(report.timings.first_byte),
             first_content_us = micros(report.timings.first_content),
+            upstream_us = micros(report.upstream_time()),
             total_us = micros(Some(report.total)),
             overhead_request_us = micros(report.timings.upstream_start),
             overhead_response_us = micros(report.response_overhead()),

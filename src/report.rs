@@ -105,6 +105,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// From the first upstream call to the end of the answer that served the request
+    /// (retries and fallbacks included).
+    pub fn upstream_time(&self) -> Option<Duration> {
+        let Timings {
+            upstream_start,
+            upstream_end,
+            ..
+        } = self.timings;
+        Some(upstream_end?.saturating_sub(upstream_start?))
+    }
+
     /// The gateway's time on the way back: from the end of the upstream answer to the end
     /// of the client's.
     pub fn response_overhead(&self) -> Option<Duration> {
