@@ -280,20 +280,27 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         if openmetrics {
-            return out;
+            out
+        } else {
+            prometheus_text(&out)
         }
-        let mut text = String::with_capacity(out.len());
-        for line in out.lines().filter(|line| *line != "# EOF") {
-            // An exemplar follows its sample after ` # `; a comment line starts with `#`.
-            let sample = match line.find(" # ") {
-                Some(at) if !line.starts_with('#') => &line[..at],
-                _ => line,
-            };
-            text.push_str(sample);
-            text.push('\n');
-        }
-        text
     }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition: the same samples,
+/// without their exemplars and the `# EOF` line.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|line| *line != "# EOF") {
+        // An exemplar follows its sample after ` # {`; a comment line starts with `#`.
+        let sample = match line.find(" # {") {
+            Some(at) if !line.starts_with('#') => &line[..at],
+            _ => line,
+        };
+        text.push_str(sample);
+        text.push('\n');
+    }
+    text
 }
 
 /// Every finished request's counters and histograms.
@@ -306,5 +313,25 @@ impl Sink for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prometheus_text_format_has_no_exemplars_and_no_eof() {
+        let openmetrics = "# TYPE x histogram\nx_bucket{le=\"1.0\"} 1 # {trace_id=\"abc\"} 0.5\nx_count 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# TYPE x histogram\nx_bucket{le=\"1.0\"} 1\nx_count 1\n"
+        );
+        let metrics = Metrics::new();
+        metrics.count_reload(true);
+        assert!(metrics.render(true).ends_with("# EOF\n"));
+        let text = metrics.render(false);
+        assert!(text.contains("switchyard_config_reloads_total{result=\"success\"} 1\n"));
+        assert!(!text.contains("# EOF"));
     }
 }
