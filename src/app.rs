@@ -78,8 +78,8 @@ pub fn pipeline(shared: &Shared) -> Pipeline {
 }
 
 /// The public listener's application: the OpenAI API (every route behind the clients'
-/// door), probes, metrics, and the admin API (which answers only if the config puts it on
-/// this listener).
+/// door), probes, metrics (unless `server.metrics_listen` gives them their own listener),
+/// and the admin API (which answers only if the config puts it on this listener).
 pub fn router(app: App) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
@@ -87,12 +87,23 @@ pub fn router(app: App) -> Router {
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
         .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
-    let routes = Router::new()
+    let mut routes = Router::new()
         .merge(api)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
         .merge(admin_routes(&app, Listener::Public));
+    if app.store.current().server.metrics_listen.is_none() {
+        routes = routes.route("/metrics", get(handlers::metrics));
+    }
+    with_edge(routes, app)
+}
+
+/// The metrics listener's application (`server.metrics_listen`): metrics and probes.
+pub fn metrics_router(app: App) -> Router {
+    let routes = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz));
     with_edge(routes, app)
 }
 

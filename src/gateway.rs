@@ -43,6 +43,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener's address, when `admin.listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// The metrics listener's address, when `server.metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub store: Arc<ConfigStore>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -65,6 +67,10 @@ impl Gateway {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let metrics = match snapshot.server.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let mut background = vec![reload::watch(store.clone()).map_err(StartError::Watch)?];
         background.extend(store.shared().keys.follow());
         background.push(health_checks::start(store.clone()));
@@ -77,7 +83,13 @@ impl Gateway {
             &store,
             &stopped,
         )];
-        // The admin address is logged first: "switchyard listening" means all are up.
+        // The other addresses are logged first: "switchyard listening" means all are up.
+        let metrics_addr = metrics.map(|(metrics_addr, listener)| {
+            let router = app::metrics_router(app.clone());
+            servers.push(spawn_server(listener, router, &store, &stopped));
+            tracing::info!(addr = %metrics_addr, "metrics listening");
+            metrics_addr
+        });
         let admin_addr = admin.map(|(admin_addr, listener)| {
             servers.push(spawn_server(
                 listener,
@@ -98,6 +110,7 @@ impl Gateway {
         Ok(Self {
             addr,
             admin_addr,
+            metrics_addr,
             store,
             stop,
             servers,

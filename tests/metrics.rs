@@ -166,3 +166,25 @@ async fn retries_and_fallbacks_are_counted_by_reason() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let gateway = common::TestGateway::start(
+        "server:\n  metrics_listen: 127.0.0.1:0\nproviders:\n  m: {kind: mock}\nmodels:\n  mock: {targets: [{provider: m}]}\n",
+    )
+    .await;
+    assert_eq!(
+        gateway.get("/metrics").await.status(),
+        404,
+        "not on the public listener"
+    );
+    let addr = gateway.gateway.metrics_addr.expect("the metrics listener");
+    let response = common::client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("switchyard_limits_store_degraded 0"), "{text}");
+}

@@ -374,6 +374,9 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests (streams included) may finish.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// A listener of its own for `/metrics` (and the probes), which then leaves the public
+    /// one. Read at start only.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -384,6 +387,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }
