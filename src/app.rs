@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  client ──► HTTP edge (tower-http + axum, this file's `router`)
-//!             1. request id        x-request-id kept or made, echoed on every response
+//!             1. request id        minted by the gateway (x-switchyard-request-id); the
+//!                                  client's x-request-id kept as a correlation id;
+//!                                  both on every response
 //!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
 //!             3. hygiene           hop-by-hop headers stripped both ways
 //!             4. auth              on the request head, before any body is read: the
@@ -46,9 +48,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::GatewayError;
-use crate::headers::REQUEST_ID;
+use crate::headers::{GATEWAY_REQUEST_ID, REQUEST_ID};
 use crate::http::auth::{AuthLayer, Door, Listener};
-use crate::http::{App, admin, handlers, hygiene, request_id::MakeId};
+use crate::http::request_id::{self, MakeId};
+use crate::http::{App, admin, handlers, hygiene};
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
 use crate::pipeline::{Pipeline, access, route};
@@ -110,7 +113,10 @@ fn admin_routes(app: &App, listener: Listener) -> Router<App> {
 /// Routes, then the edge layers (outermost first).
 fn with_edge(routes: Router<App>, app: App) -> Router {
     let edge = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
+        .map_request(request_id::distrust)
+        .layer(SetRequestIdLayer::new(GATEWAY_REQUEST_ID, MakeId))
+        .layer(PropagateRequestIdLayer::new(GATEWAY_REQUEST_ID))
+        .map_request(request_id::correlate)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(panic_response))
         .map_request(hygiene::strip_request)

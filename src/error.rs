@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
-use crate::headers::{REQUEST_ID, SHOULD_RETRY};
+use crate::headers::{GATEWAY_REQUEST_ID, SHOULD_RETRY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -426,7 +426,8 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// The single place an error becomes an HTTP response.
+    /// The single place an error becomes an HTTP response. `request_id` is the gateway's
+    /// (empty when unknown: the edge's request-id layer then adds it).
     pub fn into_http(self, request_id: &str) -> Response {
         let mut response = (self.status(), self.body(request_id)).into_response();
         let headers = response.headers_mut();
@@ -434,8 +435,10 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            headers.insert(REQUEST_ID, id);
+        if let Ok(id) = HeaderValue::from_str(request_id)
+            && !request_id.is_empty()
+        {
+            headers.insert(GATEWAY_REQUEST_ID, id);
         }
         if let Some(after) = self.retry_after() {
             headers.insert(

@@ -34,6 +34,8 @@ pub type Settlement = Box<dyn FnOnce(Used) + Send>;
 
 pub struct RequestRecord {
     pub request_id: Arc<str>,
+    /// The client's own `x-request-id`, when it sent one.
+    pub correlation_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
     received: Instant,
     metrics: Arc<Metrics>,
@@ -97,6 +99,7 @@ impl RequestRecord {
         };
         Self {
             request_id,
+            correlation_id: None,
             endpoint,
             received: clock::now(),
             metrics,
@@ -104,6 +107,12 @@ impl RequestRecord {
             state: Mutex::new(state),
             settlement: Mutex::default(),
         }
+    }
+
+    /// The record, with the client's own request id.
+    pub fn with_correlation_id(mut self, correlation_id: Option<Arc<str>>) -> Self {
+        self.correlation_id = correlation_id;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -246,6 +255,7 @@ impl RequestRecord {
         });
         Report {
             request_id: self.request_id.clone(),
+            correlation_id: self.correlation_id.clone(),
             endpoint: self.endpoint,
             status,
             error: state.error,

@@ -69,7 +69,10 @@ pub struct ServedBy {
 /// Everything known about one finished request.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The gateway's id for the request (the feedback handle).
     pub request_id: Arc<str>,
+    /// The client's own `x-request-id`, when it sent one.
+    pub correlation_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
     /// The HTTP status the client got ([`CLIENT_CLOSED_REQUEST`] if it left early).
     pub status: u16,
