@@ -32,7 +32,8 @@
 //!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
 //!
 //!  when the request is over, its record builds one Report for every sink (report.rs):
-//!  the access log, the metrics
+//!  the access log, the metrics, the feedback index (POST /v1/feedback scores a request
+//!  it remembers)
 //! ```
 //!
 //! Layers read and write the typed `RequestContext`; none imports another.
@@ -51,7 +52,7 @@ use crate::error::GatewayError;
 use crate::headers::{GATEWAY_REQUEST_ID, REQUEST_ID};
 use crate::http::auth::{AuthLayer, Door, Listener};
 use crate::http::request_id::{self, MakeId};
-use crate::http::{App, admin, handlers, hygiene};
+use crate::http::{App, admin, feedback, handlers, hygiene};
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
 use crate::pipeline::{Pipeline, access, route};
@@ -89,6 +90,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
+        .route("/v1/feedback", post(feedback::give))
         .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
     let routes = Router::new()
         .merge(api)

@@ -37,6 +37,14 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    pub model: String,
+    pub target: String,
+    /// `positive` (score > 0), `negative` (< 0) or `neutral` (0).
+    pub rating: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -48,6 +56,7 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     malformed_events: Family<TargetLabels, Counter>,
     resumptions: Family<AttemptLabels, Counter>,
+    feedback: Family<FeedbackLabels, Counter>,
 }
 
 impl Metrics {
@@ -107,7 +116,14 @@ impl Metrics {
             "Broken streams the gateway tried to continue on another target, by that target and outcome (resumed, failed, diverged)",
             resumptions.clone(),
         );
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        registry.register(
+            "feedback",
+            "Feedback given on served requests (POST /v1/feedback), replacements included, by public model, target and rating",
+            feedback.clone(),
+        );
         Self {
+            feedback,
             resumptions,
             malformed_events,
             registry,
@@ -176,6 +192,21 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// A feedback of `score` (-1 to 1) on a request of `model` served by `target`.
+    pub fn count_feedback(&self, model: &str, target: &str, score: f64) {
+        let rating = match score {
+            s if s > 0.0 => "positive",
+            s if s < 0.0 => "negative",
+            _ => "neutral",
+        };
+        let labels = FeedbackLabels {
+            model: model.to_owned(),
+            target: target.to_owned(),
+            rating,
+        };
+        self.feedback.get_or_create(&labels).inc();
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! When a request ends (answered, failed, streamed to the end, or abandoned by its client)
 //! its record builds one immutable [`Report`] and hands it to every [`Sink`]: the access
-//! log line and the Prometheus counters today; traces, the feedback index and the request
+//! log line, the Prometheus counters and the feedback index today; traces and the request
 //! log as they land. Sinks read only the report, never the record or the pipeline, so
 //! adding one touches no layer.
 
