@@ -14,6 +14,7 @@ impl Sink for AccessLog {
         tracing::info!(
             target: "switchyard::access",
             request_id = &*report.request_id,
+            correlation_id = report.correlation_id.as_deref(),
             endpoint = report.endpoint.as_str(),
             status = report.status,
             key = &*report.key,

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  client ──► HTTP edge (tower-http + axum, this file's `router`)
-//!             1. request id        x-request-id kept or made, echoed on every response
+//!             1. request id        minted by the gateway (x-switchyard-request-id); the
+//!                                  client's x-request-id kept as a correlation id;
+//!                                  both on every response
 //!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
 //!             3. hygiene           hop-by-hop headers stripped both ways
 //!             4. auth              on the request head, before any body is read: the
@@ -30,7 +32,8 @@
 //!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
 //!
 //!  when the request is over, its record builds one Report for every sink (report.rs):
-//!  the access log, the metrics
+//!  the access log, the metrics, the feedback index (POST /v1/feedback scores a request
+//!  it remembers)
 //! ```
 //!
 //! Layers read and write the typed `RequestContext`; none imports another.
@@ -46,9 +49,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::GatewayError;
-use crate::headers::REQUEST_ID;
+use crate::headers::{GATEWAY_REQUEST_ID, REQUEST_ID};
 use crate::http::auth::{AuthLayer, Door, Listener};
-use crate::http::{App, admin, handlers, hygiene, request_id::MakeId};
+use crate::http::request_id::{self, MakeId};
+use crate::http::{App, admin, feedback, handlers, hygiene};
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
 use crate::pipeline::{Pipeline, access, route};
@@ -86,6 +90,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
+        .route("/v1/feedback", post(feedback::give))
         .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
     let mut routes = Router::new()
         .merge(api)
@@ -121,7 +126,10 @@ fn admin_routes(app: &App, listener: Listener) -> Router<App> {
 /// Routes, then the edge layers (outermost first).
 fn with_edge(routes: Router<App>, app: App) -> Router {
     let edge = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
+        .map_request(request_id::distrust)
+        .layer(SetRequestIdLayer::new(GATEWAY_REQUEST_ID, MakeId))
+        .layer(PropagateRequestIdLayer::new(GATEWAY_REQUEST_ID))
+        .map_request(request_id::correlate)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(panic_response))
         .map_request(hygiene::strip_request)

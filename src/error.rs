@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
-use crate::headers::{REQUEST_ID, SHOULD_RETRY};
+use crate::headers::{GATEWAY_REQUEST_ID, SHOULD_RETRY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -39,6 +39,12 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     #[error("the model '{model}' does not exist or you do not have access to it")]
     ModelNotFound { model: String },
+    /// Feedback for a request id that is unknown, expired, or another team's (or another
+    /// key's): the client is not told which.
+    #[error(
+        "no request with this id can be given feedback: it is unknown, has expired, or was not made by this key's team"
+    )]
+    RequestNotFound,
 
     // ---- who is calling, and what they may use
     #[error("you didn't provide an API key: send it as 'Authorization: Bearer sk-sy-...'")]
@@ -64,6 +70,9 @@ pub enum GatewayError {
     /// not been reachable since this replica started.
     #[error("the key store is unavailable; retry shortly")]
     KeyStoreUnavailable,
+    /// The shared store of recent requests (Redis) did not answer.
+    #[error("the feedback store is unavailable; retry shortly")]
+    FeedbackUnavailable,
 
     // ---- the admin API
     #[error("this route needs the admin key: send it as 'Authorization: Bearer <admin key>'")]
@@ -183,7 +192,9 @@ impl GatewayError {
             | Self::AmbiguousLength => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::UnknownRoute { .. } | Self::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownRoute { .. } | Self::ModelNotFound { .. } | Self::RequestNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::MissingKey | Self::InvalidKey | Self::AdminKeyRequired => {
                 StatusCode::UNAUTHORIZED
             }
@@ -195,7 +206,8 @@ impl GatewayError {
             Self::NoUsableTarget { .. }
             | Self::CircuitOpen { .. }
             | Self::LimitsUnavailable
-            | Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::KeyStoreUnavailable
+            | Self::FeedbackUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(upstream) if upstream.kind.is_gateway_fault() => StatusCode::BAD_GATEWAY,
             Self::Upstream(upstream) => upstream.status,
             Self::UpstreamUnreachable { .. } | Self::UpstreamProtocol { .. } => {
@@ -221,6 +233,7 @@ impl GatewayError {
             Self::UnknownRoute { .. } => "unknown_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::ModelNotFound { .. } => "model_not_found",
+            Self::RequestNotFound => "request_not_found",
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
@@ -228,6 +241,7 @@ impl GatewayError {
             Self::OverBudget { .. } => "over_budget",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::KeyStoreUnavailable => "key_store_unavailable",
+            Self::FeedbackUnavailable => "feedback_unavailable",
             Self::AdminKeyRequired => "admin_key_required",
             Self::NotFound { .. } => "not_found",
             Self::Conflict(_) => "conflict",
@@ -267,7 +281,10 @@ impl GatewayError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamProtocol { .. } => true,
-            Self::RateLimited { .. } | Self::LimitsUnavailable | Self::KeyStoreUnavailable => true,
+            Self::RateLimited { .. }
+            | Self::LimitsUnavailable
+            | Self::KeyStoreUnavailable
+            | Self::FeedbackUnavailable => true,
             _ => false,
         }
     }
@@ -329,6 +346,7 @@ impl GatewayError {
             Self::UnknownRoute { .. } => Some("unknown_url"),
             Self::MethodNotAllowed { .. } => Some("method_not_allowed"),
             Self::ModelNotFound { .. } => Some("model_not_found"),
+            Self::RequestNotFound => Some("request_not_found"),
             Self::MissingKey => Some("missing_api_key"),
             Self::InvalidKey => Some("invalid_api_key"),
             Self::ModelNotAllowed { .. } => Some("model_not_allowed"),
@@ -336,6 +354,7 @@ impl GatewayError {
             Self::OverBudget { .. } => Some("insufficient_quota"),
             Self::LimitsUnavailable => Some("limits_unavailable"),
             Self::KeyStoreUnavailable => Some("key_store_unavailable"),
+            Self::FeedbackUnavailable => Some("feedback_unavailable"),
             Self::AdminKeyRequired => Some("invalid_admin_key"),
             Self::NotFound { .. } => Some("not_found"),
             Self::Conflict(_) => Some("conflict"),
@@ -358,6 +377,7 @@ impl GatewayError {
         match self {
             Self::MissingField { field } => Some(field),
             Self::InvalidParam { param, .. } => Some(param),
+            Self::RequestNotFound => Some("request_id"),
             Self::ModelNotFound { .. }
             | Self::NoUsableTarget { .. }
             | Self::CircuitOpen { .. }
@@ -426,7 +446,8 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// The single place an error becomes an HTTP response.
+    /// The single place an error becomes an HTTP response. `request_id` is the gateway's
+    /// (empty when unknown: the edge's request-id layer then adds it).
     pub fn into_http(self, request_id: &str) -> Response {
         let mut response = (self.status(), self.body(request_id)).into_response();
         let headers = response.headers_mut();
@@ -434,8 +455,10 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            headers.insert(REQUEST_ID, id);
+        if let Ok(id) = HeaderValue::from_str(request_id)
+            && !request_id.is_empty()
+        {
+            headers.insert(GATEWAY_REQUEST_ID, id);
         }
         if let Some(after) = self.retry_after() {
             headers.insert(

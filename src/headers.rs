@@ -2,8 +2,12 @@
 
 use http::HeaderName;
 
-/// Accepted from the client (or generated), echoed on every response, sent upstream.
+/// The client's correlation id, echoed on every response; the gateway's request id when
+/// the client sent none.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// On every response: the id the gateway minted for the request (never the client's), as
+/// in the access log, error bodies and upstream `x-request-id`; the handle for feedback.
+pub const GATEWAY_REQUEST_ID: HeaderName = HeaderName::from_static("x-switchyard-request-id");
 /// Tells the OpenAI SDKs whether retrying could help; `false` on terminal errors so
 /// they do not multiply the gateway's own retries.
 pub const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");

@@ -13,6 +13,7 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod context;
 pub(crate) mod error;
+pub(crate) mod feedback;
 pub(crate) mod gateway;
 pub(crate) mod headers;
 pub(crate) mod health;

@@ -64,6 +64,14 @@ struct EndpointLabels {
     endpoint: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedbackLabels {
+    model: String,
+    target: String,
+    /// `positive` (score > 0), `negative` (< 0) or `neutral` (0).
+    rating: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: RequestMetrics,
@@ -79,6 +87,7 @@ pub struct Metrics {
     fallbacks: Family<ReasonLabels, Counter>,
     malformed_events: Family<TargetLabels, Counter>,
     resumptions: Family<AttemptLabels, Counter>,
+    feedback: Family<FeedbackLabels, Counter>,
 }
 
 impl Metrics {
@@ -158,7 +167,14 @@ impl Metrics {
             "Broken streams the gateway tried to continue on another target, by that target and outcome (resumed, failed, diverged)",
             resumptions.clone(),
         );
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        ours.register(
+            "feedback",
+            "Feedback given on served requests (POST /v1/feedback), replacements included, by public model, target and rating",
+            feedback.clone(),
+        );
         Self {
+            feedback,
             registry,
             requests,
             in_flight,
@@ -284,6 +300,21 @@ impl Metrics {
         } else {
             prometheus_text(&out)
         }
+    }
+
+    /// A feedback of `score` (-1 to 1) on a request of `model` served by `target`.
+    pub fn count_feedback(&self, model: &str, target: &str, score: f64) {
+        let rating = match score {
+            s if s > 0.0 => "positive",
+            s if s < 0.0 => "negative",
+            _ => "neutral",
+        };
+        let labels = FeedbackLabels {
+            model: model.to_owned(),
+            target: target.to_owned(),
+            rating,
+        };
+        self.feedback.get_or_create(&labels).inc();
     }
 }
 

@@ -35,6 +35,8 @@ pub type Settlement = Box<dyn FnOnce(Used) + Send>;
 
 pub struct RequestRecord {
     pub request_id: Arc<str>,
+    /// The client's own `x-request-id`, when it sent one.
+    pub correlation_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
     received: Instant,
     metrics: Arc<Metrics>,
@@ -99,6 +101,7 @@ impl RequestRecord {
         metrics.enter(endpoint);
         Self {
             request_id,
+            correlation_id: None,
             endpoint,
             received: clock::now(),
             metrics,
@@ -106,6 +109,12 @@ impl RequestRecord {
             state: Mutex::new(state),
             settlement: Mutex::default(),
         }
+    }
+
+    /// The record, with the client's own request id.
+    pub fn with_correlation_id(mut self, correlation_id: Option<Arc<str>>) -> Self {
+        self.correlation_id = correlation_id;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -257,6 +266,7 @@ impl RequestRecord {
         Report {
             request_id: self.request_id.clone(),
             trace_id: None,
+            correlation_id: self.correlation_id.clone(),
             endpoint: self.endpoint,
             status,
             error: state.error,

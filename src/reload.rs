@@ -35,7 +35,7 @@ impl ConfigStore {
     /// it names) and builds the first snapshot.
     pub fn open(source: ConfigSource) -> Result<Self, ConfigErrors> {
         let raw = config::load(&source)?;
-        let shared = Shared::new(&raw.limits).map_err(|message| ConfigErrors {
+        let shared = Shared::new(&raw.limits, &raw.feedback).map_err(|message| ConfigErrors {
             origin: source.to_string(),
             errors: vec![ConfigError {
                 path: "limits.redis".to_owned(),

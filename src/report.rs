@@ -2,7 +2,7 @@
 //!
 //! When a request ends (answered, failed, streamed to the end, or abandoned by its client)
 //! its record builds one immutable [`Report`] and hands it to every [`Sink`]: the access
-//! log line and the Prometheus counters today; traces, the feedback index and the request
+//! log line, the Prometheus counters and the feedback index today; traces and the request
 //! log as they land. Sinks read only the report, never the record or the pipeline, so
 //! adding one touches no layer.
 
@@ -72,9 +72,12 @@ pub struct ServedBy {
 /// Everything known about one finished request.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The gateway's id for the request (the feedback handle).
     pub request_id: Arc<str>,
     /// The request's trace, when it is traced (hex).
     pub trace_id: Option<Arc<str>>,
+    /// The client's own `x-request-id`, when it sent one.
+    pub correlation_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
     /// The HTTP status the client got ([`CLIENT_CLOSED_REQUEST`] if it left early).
     pub status: u16,

@@ -74,11 +74,16 @@ async fn upstream_sees_the_provider_key_and_request_id_never_the_clients_headers
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
+    let id = response.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap();
 
     let headers = upstream.last().headers;
     assert_eq!(headers["authorization"], format!("Bearer {UPSTREAM_KEY}"));
     assert!(!format!("{headers:?}").contains(common::TEST_KEY));
-    assert_eq!(headers["x-request-id"], "trace-abc-123");
+    // The gateway's id, not the client's (which is only a correlation id).
+    assert_eq!(headers["x-request-id"], id);
+    assert!(id.starts_with("req_"), "{id}");
     for name in ["x-hop-secret", "openai-organization"] {
         assert!(
             headers.get(name).is_none(),

@@ -40,6 +40,10 @@ pub struct RawConfig {
     /// Retries, the request deadline and circuit breakers.
     #[serde(default)]
     pub resilience: ResilienceSettings,
+    /// How long served requests can be given feedback (`POST /v1/feedback`), and where
+    /// they are remembered.
+    #[serde(default)]
+    pub feedback: FeedbackSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +231,49 @@ pub enum OnFailure {
     #[default]
     FailOpen,
     FailClosed,
+}
+
+/// The requests the gateway remembers so that clients can give feedback on them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackSettings {
+    /// How long after it ended a request can be given feedback. [restart]
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// Where requests are remembered; unset, `limits.backend` decides (replicas that share
+    /// limits share this too). [restart]
+    pub backend: Option<FeedbackBackend>,
+    /// Memory backend: the most requests remembered at once. [restart]
+    pub max_requests: u64,
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(3600),
+            backend: None,
+            max_requests: 1_000_000,
+        }
+    }
+}
+
+impl FeedbackSettings {
+    /// The backend as configured, else the one `limits` uses.
+    pub fn backend(&self, limits: &LimitsSettings) -> FeedbackBackend {
+        self.backend.unwrap_or(match limits.backend {
+            LimitsBackend::Memory => FeedbackBackend::Memory,
+            LimitsBackend::Redis => FeedbackBackend::Redis,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackBackend {
+    /// In this replica: feedback must reach the replica that served the request.
+    Memory,
+    /// In the Redis of `limits.redis`: any replica takes feedback for any request.
+    Redis,
 }
 
 /// Rate limits of a key, a team, or a key or team on one model.

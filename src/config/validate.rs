@@ -8,8 +8,8 @@ use http::{HeaderName, HeaderValue};
 use super::ConfigError;
 use super::provider::ProviderSettings;
 use super::schema::{
-    AdminConfig, BudgetConfig, KeyConfig, LimitConfig, LimitsBackend, MockFault, ModelConfig,
-    ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
+    AdminConfig, BudgetConfig, FeedbackBackend, KeyConfig, LimitConfig, LimitsBackend, MockFault,
+    ModelConfig, ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
 };
 use crate::headers::HOP_BY_HOP;
 
@@ -25,7 +25,25 @@ pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
     validate_auth(config, &mut errors);
     validate_limits_settings(config, &mut errors);
     validate_resilience(&config.resilience, &mut errors);
+    validate_feedback(config, &mut errors);
     errors.0
+}
+
+fn validate_feedback(config: &RawConfig, errors: &mut Errors) {
+    let feedback = &config.feedback;
+    if feedback.retention < Duration::from_secs(1) {
+        errors.push("feedback.retention", "expected at least 1s");
+    }
+    if feedback.max_requests == 0 {
+        errors.push("feedback.max_requests", "expected 1 or more");
+    }
+    let redis = feedback.backend(&config.limits) == FeedbackBackend::Redis;
+    if redis && config.limits.redis.is_none() {
+        errors.push(
+            "feedback.backend",
+            "expected limits.redis (the Redis replicas share) for backend redis",
+        );
+    }
 }
 
 fn validate_limits_settings(config: &RawConfig, errors: &mut Errors) {

@@ -17,7 +17,18 @@ pub async fn read(
     headers: &HeaderMap,
     server: &ServerConfig,
 ) -> Result<Bytes, GatewayError> {
-    let limit = server.max_body_size.as_u64();
+    read_at_most(body, headers, server.max_body_size.as_u64(), server).await
+}
+
+/// [`read`], for a route whose bodies are small: `limit` bytes, or the server's limit if
+/// lower.
+pub async fn read_at_most(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    server: &ServerConfig,
+) -> Result<Bytes, GatewayError> {
+    let limit = limit.min(server.max_body_size.as_u64());
     if declared_length(headers).is_some_and(|len| len > limit) {
         return Err(GatewayError::BodyTooLarge { limit });
     }

@@ -72,22 +72,20 @@ impl LengthConflict {
 
 /// The answer to a request refused for conflicting length headers: its own, or (the cost
 /// described above) another head's on the same connection.
+/// It never reaches the edge's request-id layers, so it carries the ids as they would: a new
+/// gateway id, and the client's `x-request-id` echoed (or the gateway's).
 pub fn rejection<B>(request: &Request<B>) -> Response {
-    let id = request
-        .headers()
-        .get(REQUEST_ID)
-        .cloned()
-        .or_else(|| {
-            MakeId
-                .make_request_id(request)
-                .map(|id| id.into_header_value())
-        })
-        .unwrap_or(HeaderValue::from_static("unknown"));
-    let id = String::from_utf8_lossy(id.as_bytes());
-    let mut response = GatewayError::AmbiguousLength.into_http(&id);
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let id = MakeId
+        .make_request_id(request)
+        .map_or(HeaderValue::from_static("unknown"), |id| {
+            id.into_header_value()
+        });
+    let correlation = request.headers().get(REQUEST_ID).unwrap_or(&id).clone();
+    let mut response =
+        GatewayError::AmbiguousLength.into_http(&String::from_utf8_lossy(id.as_bytes()));
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, correlation);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

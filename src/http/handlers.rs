@@ -61,13 +61,14 @@ async fn serve(
     parse: Parser,
 ) -> Response {
     let request_id = request_id::of(&request);
-    let record = Arc::new(RequestRecord::new(
+    let record = RequestRecord::new(
         request_id.clone(),
         endpoint,
         &caller.key,
         app.metrics.clone(),
         app.sinks.clone(),
-    ));
+    );
+    let record = Arc::new(record.with_correlation_id(request_id::correlation_of(&request)));
     let result = run(&app, caller, request, &record, parse).await;
     let (target, attempts) = record.attempts();
     let mut response = match result {

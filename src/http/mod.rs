@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod connection_guard;
+pub mod feedback;
 pub mod handlers;
 pub mod hygiene;
 pub mod parse;
