@@ -33,6 +33,8 @@ impl Sink for AccessLog {
             total_us = micros(Some(report.total)),
             error = report.error,
             resumed_on = report.resumed_on.as_deref(),
+            trace_id = report.trace_id.as_deref(),
+            span_id = report.span_id.as_deref(),
             "request"
         );
     }

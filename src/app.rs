@@ -5,10 +5,12 @@
 //!             1. request id        x-request-id kept or made, echoed on every response
 //!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
 //!             3. hygiene           hop-by-hop headers stripped both ways
-//!             4. auth              on the request head, before any body is read: the
+//!             4. trace             /v1 routes: the SERVER span (the client's traceparent
+//!                                  continued), x-switchyard-trace-id on the response
+//!             5. auth              on the request head, before any body is read: the
 //!                                  /v1 routes need a virtual key (→ Caller: key and the
 //!                                  config snapshot), /admin routes the admin key
-//!             5. handler           body read (size + idle limits), parsed once into a
+//!             6. handler           body read (size + idle limits), parsed once into a
 //!                                  typed request, RequestContext created, pipeline run,
 //!                                  reply (JSON or SSE relay) or error written
 //!
@@ -30,7 +32,7 @@
 //!         ──► provider adapter (providers/): OpenAI shape ⇄ native wire format
 //!
 //!  when the request is over, its record builds one Report for every sink (report.rs):
-//!  the access log, the metrics
+//!  the access log, the metrics; and ends the request's span with it (telemetry/)
 //! ```
 //!
 //! Layers read and write the typed `RequestContext`; none imports another.
@@ -48,6 +50,7 @@ use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use crate::error::GatewayError;
 use crate::headers::REQUEST_ID;
 use crate::http::auth::{AuthLayer, Door, Listener};
+use crate::http::trace::TraceLayer;
 use crate::http::{App, admin, handlers, hygiene, request_id::MakeId};
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
@@ -86,7 +89,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
-        .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
+        .route_layer(AuthLayer::new(app.store.clone(), Door::Clients))
+        .route_layer(TraceLayer::new(app.store.clone()));
     let routes = Router::new()
         .merge(api)
         .route("/healthz", get(handlers::healthz))

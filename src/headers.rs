@@ -13,6 +13,10 @@ pub const TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
 /// request was refused before any, or every target's circuit was open).
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
+/// On every response of the /v1 routes while traces are on: the request's trace id (32
+/// hex digits), to find its trace.
+pub const TRACE_ID: HeaderName = HeaderName::from_static("x-switchyard-trace-id");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never
 /// forwarded in either direction.
 pub const HOP_BY_HOP: [HeaderName; 8] = [

@@ -48,6 +48,7 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Counter>,
     malformed_events: Family<TargetLabels, Counter>,
     resumptions: Family<AttemptLabels, Counter>,
+    spans_dropped: Counter,
 }
 
 impl Metrics {
@@ -107,7 +108,14 @@ impl Metrics {
             "Broken streams the gateway tried to continue on another target, by that target and outcome (resumed, failed, diverged)",
             resumptions.clone(),
         );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "telemetry_spans_dropped",
+            "Trace spans lost on the way to the collector (export failed or the queue was full)",
+            spans_dropped.clone(),
+        );
         Self {
+            spans_dropped,
             resumptions,
             malformed_events,
             registry,
@@ -176,6 +184,10 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn count_spans_dropped(&self, n: u64) {
+        self.spans_dropped.inc_by(n);
     }
 }
 

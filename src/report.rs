@@ -97,4 +97,8 @@ pub struct Report {
     /// The target (`provider/model`) a broken stream was resumed on; its usage is then the
     /// sum of both attempts'.
     pub resumed_on: Option<Arc<str>>,
+    /// The request's trace id (32 hex digits) and its server span's id (16), when traces
+    /// are on.
+    pub trace_id: Option<Arc<str>>,
+    pub span_id: Option<Arc<str>>,
 }

@@ -12,6 +12,7 @@ use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
 use crate::report::Sinks;
+use crate::telemetry::spans::Traces;
 
 pub struct Shared {
     pub metrics: Arc<Metrics>,
@@ -21,6 +22,8 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     pub keys: Arc<KeyStore>,
     pub health: HealthTable,
+    /// The tracer (off unless the first config or the environment turns export on).
+    pub traces: Traces,
 }
 
 impl Default for Shared {
@@ -33,6 +36,7 @@ impl Default for Shared {
             limiter: Arc::default(),
             keys: Arc::default(),
             health: HealthTable::default(),
+            traces: Traces::default(),
         }
     }
 }
@@ -55,6 +59,7 @@ impl Shared {
             limiter: Arc::new(limiter),
             keys: Arc::new(KeyStore::new(limits)?),
             health: HealthTable::default(),
+            traces: Traces::default(),
         })
     }
 }

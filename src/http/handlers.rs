@@ -26,6 +26,7 @@ use crate::pipeline::{Call, GatewayRequest};
 use crate::record::RequestRecord;
 use crate::report::Endpoint;
 use crate::snapshot::ModelRoute;
+use crate::telemetry::spans::RequestTrace;
 
 pub async fn chat_completions(
     State(app): State<App>,
@@ -60,13 +61,14 @@ async fn serve(
     parse: Parser,
 ) -> Response {
     let request_id = request_id::of(&request);
-    let record = Arc::new(RequestRecord::new(
+    let record = RequestRecord::new(
         request_id.clone(),
         endpoint,
         &caller.key,
         app.metrics.clone(),
         app.sinks.clone(),
-    ));
+    );
+    let record = Arc::new(record.with_trace(RequestTrace::of(request.extensions())));
     let result = run(&app, caller, request, &record, parse).await;
     let (target, attempts) = record.attempts();
     let mut response = match result {
