@@ -508,22 +508,20 @@ async fn a_clients_traceparent_is_continued_and_passed_upstream() {
     assert_no_secrets(&collector.all());
 }
 
-#[tokio::test]
-async fn an_unreachable_collector_drops_spans_and_nothing_else() {
-    let (logs, _capture) = Logs::capture();
-    // A port nothing listens on.
+/// A gateway whose collector (speaking `protocol`) is a port nothing listens on.
+async fn unreachable_collector(protocol: &str) -> TestGateway {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let upstream = Upstream::start(scenario::ok).await;
-    let config = common::config_for(&upstream.base_url) + &telemetry(&url, "    timeout: 500ms\n");
-    let gateway = TestGateway::start(&config).await;
-    for _ in 0..3 {
-        let response = gateway.chat(&ask("gpt-test")).await;
-        assert_eq!(response.status(), 200);
-        assert!(response.headers().contains_key("x-switchyard-trace-id"));
-    }
-    let dropped = eventually("spans counted as dropped", async || {
+    let extra = format!("    timeout: 500ms\n    protocol: {protocol}\n");
+    let config = common::config_for(&upstream.base_url) + &telemetry(&url, &extra);
+    TestGateway::start(&config).await
+}
+
+/// `switchyard_telemetry_spans_dropped_total`, once it is above 0.
+async fn dropped_spans(gateway: &TestGateway) -> f64 {
+    eventually("spans counted as dropped", async || {
         let metrics = gateway.get("/metrics").await.text().await.unwrap();
         let line = metrics
             .lines()
@@ -532,10 +530,29 @@ async fn an_unreachable_collector_drops_spans_and_nothing_else() {
         let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
         (count > 0.0).then_some(count)
     })
-    .await;
-    assert!(dropped > 0.0);
+    .await
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_drops_spans_and_nothing_else() {
+    let (logs, _capture) = Logs::capture();
+    let gateway = unreachable_collector("http/protobuf").await;
+    for _ in 0..3 {
+        let response = gateway.chat(&ask("gpt-test")).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("x-switchyard-trace-id"));
+    }
+    assert!(dropped_spans(&gateway).await > 0.0);
     let warnings = logs.text().matches("trace export is failing").count();
     assert_eq!(warnings, 1, "one WARN for the transition: {}", logs.text());
+}
+
+#[tokio::test]
+async fn the_grpc_exporter_runs_and_counts_what_it_cannot_send() {
+    let gateway = unreachable_collector("grpc").await;
+    let response = gateway.chat(&ask("gpt-test")).await;
+    assert_eq!(response.status(), 200);
+    assert!(dropped_spans(&gateway).await > 0.0);
 }
 
 #[tokio::test]

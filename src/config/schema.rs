@@ -54,7 +54,7 @@ pub struct TelemetryConfig {
 
 /// Trace export. Every key left out falls back to its standard `OTEL_*` environment
 /// variable, then to its default (`telemetry/settings.rs`). [restart]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracesConfig {
     /// `none` (the default) or `otlp`.
@@ -90,6 +90,24 @@ pub struct TracesConfig {
 
 fn content_max_bytes() -> ByteSize {
     ByteSize::kib(8)
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            exporter: None,
+            endpoint: None,
+            protocol: None,
+            headers: IndexMap::new(),
+            sampling_ratio: None,
+            service_name: None,
+            resource_attributes: IndexMap::new(),
+            capture_content: false,
+            content_max_bytes: content_max_bytes(),
+            timeout: None,
+            batch: TraceBatchConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

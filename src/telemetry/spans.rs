@@ -217,6 +217,14 @@ impl RequestTrace {
             Some(_) => attr::OPERATION_CHAT,
             None => attr::OPERATION_EMBEDDINGS,
         };
+        if !server.cx.span().is_recording() {
+            // Not sampled: only the context goes upstream (with its sampled flag off).
+            let span = tracer.build_with_context(
+                tracer.span_builder(operation).with_kind(SpanKind::Client),
+                &server.cx,
+            );
+            return AttemptSpan::started(server, server.cx.with_span(span));
+        }
         let mut attributes = Vec::with_capacity(16);
         attributes.extend([
             KeyValue::new(attr::GEN_AI_OPERATION_NAME, operation),
@@ -249,18 +257,7 @@ impl RequestTrace {
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &server.cx);
-        let cx = server.cx.with_span(span);
-        let mut headers = HeaderMap::new();
-        server
-            .tracing
-            .propagator
-            .inject_context(&cx, &mut HeaderInjector(&mut headers));
-        AttemptSpan {
-            cx: Some(cx),
-            headers,
-            content_max_bytes: server.tracing.content_max_bytes,
-            output: String::new(),
-        }
+        AttemptSpan::started(server, server.cx.with_span(span))
     }
 
     /// Ends the span with what the request's report says (the record calls this once,
@@ -268,6 +265,9 @@ impl RequestTrace {
     pub fn finish(&self, report: &Report) {
         let Some(server) = &self.0 else { return };
         let span = server.cx.span();
+        if !span.is_recording() {
+            return span.end();
+        }
         let mut attributes = Vec::with_capacity(16);
         attributes.extend([
             KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(report.status)),
@@ -390,6 +390,20 @@ pub struct AttemptSpan {
 }
 
 impl AttemptSpan {
+    fn started(server: &Server, cx: Context) -> Self {
+        let mut headers = HeaderMap::new();
+        server
+            .tracing
+            .propagator
+            .inject_context(&cx, &mut HeaderInjector(&mut headers));
+        Self {
+            cx: Some(cx),
+            headers,
+            content_max_bytes: server.tracing.content_max_bytes,
+            output: String::new(),
+        }
+    }
+
     /// `traceparent` (and `tracestate`) for the upstream request; empty when off.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
