@@ -374,6 +374,39 @@ async fn retries_and_a_fallback_are_one_client_span_each() {
 }
 
 #[tokio::test]
+async fn a_resumed_stream_has_a_span_for_its_continuation() {
+    let collector = Collector::start().await;
+    let s = Scenario::answering(|r: &Received| match scenario::model_of(r).as_str() {
+        "a" => scenario::cut_after("a", &["The sky", " is "]),
+        _ => scenario::sse(upstream::chunks("b", &[" blue", "."], true), true),
+    })
+    .models("  primary: {targets: [{provider: up, model: a}], fallbacks: [backup]}\n  backup: {targets: [{provider: up, model: b, prefill: true}]}\n")
+    .top_level(&collector.config())
+    .start()
+    .await;
+    let reply = s.chat(&ask_stream("primary")).await;
+    assert_eq!(reply.status, 200);
+    let spans = collector
+        .trace(reply.header("x-switchyard-trace-id").unwrap())
+        .await;
+    let root = server(&spans);
+    assert_eq!(root.attr("switchyard.resumed_on"), "up/b");
+    let [broken, continued] = attempts(&spans)[..] else {
+        panic!("two attempts: {spans:#?}")
+    };
+    assert_eq!(
+        (broken.name.as_str(), broken.status),
+        ("chat a", STATUS_ERROR)
+    );
+    assert_ne!(broken.attr("switchyard.attempt.outcome"), "success");
+    assert_eq!(continued.name, "chat b");
+    assert_eq!(continued.attr("switchyard.resumption"), true);
+    assert_eq!(continued.attr("switchyard.attempt.outcome"), "success");
+    assert_eq!(continued.parent, root.span_id);
+    assert_no_secrets(&collector.all());
+}
+
+#[tokio::test]
 async fn a_refused_request_is_a_failed_server_span_without_a_client_span() {
     let (collector, _upstream, gateway) = traced(scenario::ok).await;
     // 401: refused at the door.
@@ -581,6 +614,29 @@ async fn prompts_and_completions_are_captured_only_when_asked_and_cut() {
         output.contains("answer from upstream-model") || output.len() == 40,
         "{output}"
     );
+    assert_no_secrets(&collector.all());
+}
+
+#[tokio::test]
+async fn an_embeddings_request_is_an_embeddings_span() {
+    let answer = |r: &Received| Behavior::Json(upstream::embedding(&scenario::model_of(r), 1));
+    let (collector, _upstream, gateway) = traced(answer).await;
+    let response = gateway
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "embed-test", "input": "hello"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let spans = collector.trace(&trace_id_of(response.headers())).await;
+    assert_eq!(server(&spans).name, "POST /v1/embeddings");
+    let [attempt] = attempts(&spans)[..] else {
+        panic!("one attempt: {spans:#?}")
+    };
+    assert_eq!(attempt.name, "embeddings upstream-embed");
+    assert_eq!(attempt.attr("gen_ai.operation.name"), "embeddings");
+    assert_eq!(attempt.attr("gen_ai.usage.input_tokens"), 5);
+    assert_eq!(attempt.attr("gen_ai.request.temperature"), &Value::Null);
     assert_no_secrets(&collector.all());
 }
 
