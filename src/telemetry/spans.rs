@@ -121,7 +121,7 @@ impl Traces {
             .span_builder(format!("{method} {route}"))
             .with_kind(SpanKind::Server)
             .with_attributes([
-                KeyValue::new(attr::HTTP_REQUEST_METHOD, method.as_str().to_owned()),
+                KeyValue::new(attr::HTTP_REQUEST_METHOD, method_name(method)),
                 KeyValue::new(attr::HTTP_ROUTE, route.to_owned()),
                 KeyValue::new(attr::REQUEST_ID, request_id),
             ])
@@ -501,6 +501,15 @@ impl Drop for AttemptSpan {
             ]);
             span.end();
         }
+    }
+}
+
+/// The method as a static string for the usual ones (no allocation per request).
+fn method_name(method: &Method) -> Value {
+    match *method {
+        Method::POST => Value::from("POST"),
+        Method::GET => Value::from("GET"),
+        _ => Value::from(method.as_str().to_owned()),
     }
 }
 
