@@ -37,6 +37,7 @@ fn request_path(c: &mut Criterion) {
         panic!("the bench payload parses")
     };
     let skipped = std::sync::Arc::default();
+    let trace = http::HeaderMap::new();
     group.bench_function("write_upstream_body", |b| {
         b.iter(|| {
             let call = ChatCall {
@@ -45,6 +46,7 @@ fn request_path(c: &mut Criterion) {
                 request_id: "req_0123456789abcdef01234567",
                 max_tokens: None,
                 skipped: &skipped,
+                trace: &trace,
             };
             chat_body(&call)
         })

@@ -39,6 +39,8 @@ impl Sink for AccessLog {
             finish_reason = report.finish_reasons.first().map(|r| r.as_str()),
             error = report.error,
             resumed_on = report.resumed_on.as_deref(),
+            trace_id = report.trace_id.as_deref(),
+            span_id = report.span_id.as_deref(),
             "request"
         );
     }

@@ -7,10 +7,12 @@
 //!                                  both on every response
 //!             2. catch panic       a panicking handler answers 500, OpenAI-shaped
 //!             3. hygiene           hop-by-hop headers stripped both ways
-//!             4. auth              on the request head, before any body is read: the
+//!             4. trace             /v1 routes: the SERVER span (the client's traceparent
+//!                                  continued), x-switchyard-trace-id on the response
+//!             5. auth              on the request head, before any body is read: the
 //!                                  /v1 routes need a virtual key (→ Caller: key and the
 //!                                  config snapshot), /admin routes the admin key
-//!             5. handler           body read (size + idle limits), parsed once into a
+//!             6. handler           body read (size + idle limits), parsed once into a
 //!                                  typed request, RequestContext created, pipeline run,
 //!                                  reply (JSON or SSE relay) or error written
 //!
@@ -33,7 +35,7 @@
 //!
 //!  when the request is over, its record builds one Report for every sink (report.rs):
 //!  the access log, the metrics, the feedback index (POST /v1/feedback scores a request
-//!  it remembers)
+//!  it remembers); and ends the request's span with it (telemetry/)
 //! ```
 //!
 //! Layers read and write the typed `RequestContext`; none imports another.
@@ -52,6 +54,7 @@ use crate::error::GatewayError;
 use crate::headers::{GATEWAY_REQUEST_ID, REQUEST_ID};
 use crate::http::auth::{AuthLayer, Door, Listener};
 use crate::http::request_id::{self, MakeId};
+use crate::http::trace::TraceLayer;
 use crate::http::{App, admin, feedback, handlers, hygiene};
 use crate::pipeline::limits::LimitsLayer;
 use crate::pipeline::resilience::Resilience;
@@ -91,7 +94,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/models", get(handlers::list_models))
         .route("/v1/models/{model}", get(handlers::retrieve_model))
         .route("/v1/feedback", post(feedback::give))
-        .route_layer(AuthLayer::new(app.store.clone(), Door::Clients));
+        .route_layer(AuthLayer::new(app.store.clone(), Door::Clients))
+        .route_layer(TraceLayer::new(app.store.clone()));
     let mut routes = Router::new()
         .merge(api)
         .route("/healthz", get(handlers::healthz))

@@ -128,6 +128,9 @@ impl Gateway {
         for server in self.servers {
             let _ = server.await;
         }
+        // The spans of the last requests still go out, within a bound.
+        let grace = std::time::Duration::from_secs(5);
+        self.store.shared().traces.shutdown(grace).await;
     }
 }
 

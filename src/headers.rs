@@ -23,6 +23,10 @@ pub const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd"
 /// gateway's count) or `unpriced`.
 pub const COST_SOURCE: HeaderName = HeaderName::from_static("x-switchyard-cost-source");
 
+/// On every response of the /v1 routes while traces are on: the request's trace id (32
+/// hex digits), to find its trace.
+pub const TRACE_ID: HeaderName = HeaderName::from_static("x-switchyard-trace-id");
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1): meaningful for one connection only, never
 /// forwarded in either direction.
 pub const HOP_BY_HOP: [HeaderName; 8] = [

@@ -74,6 +74,7 @@ async fn check(
         request_id: "health-check",
         max_tokens: target.max_tokens,
         skipped: &Arc::default(),
+        trace: &http::HeaderMap::new(),
     };
     let answer = tokio::time::timeout(config.timeout, target.provider.adapter.chat(call)).await;
     // An error that says the request was wrong (a 400) still says the target answers.

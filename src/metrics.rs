@@ -88,6 +88,7 @@ pub struct Metrics {
     malformed_events: Family<TargetLabels, Counter>,
     resumptions: Family<AttemptLabels, Counter>,
     feedback: Family<FeedbackLabels, Counter>,
+    spans_dropped: Counter,
 }
 
 impl Metrics {
@@ -173,8 +174,15 @@ impl Metrics {
             "Feedback given on served requests (POST /v1/feedback), replacements included, by public model, target and rating",
             feedback.clone(),
         );
+        let spans_dropped = Counter::default();
+        ours.register(
+            "telemetry_spans_dropped",
+            "Trace spans lost on the way to the collector (export failed or the queue was full)",
+            spans_dropped.clone(),
+        );
         Self {
             feedback,
+            spans_dropped,
             registry,
             requests,
             in_flight,
@@ -315,6 +323,10 @@ impl Metrics {
             rating,
         };
         self.feedback.get_or_create(&labels).inc();
+    }
+
+    pub fn count_spans_dropped(&self, n: u64) {
+        self.spans_dropped.inc_by(n);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::pricing::{Cost, Price};
 use crate::report::{CLIENT_CLOSED_REQUEST, Endpoint, Report, ServedBy, Sinks, Timings};
 use crate::snapshot::Target;
+use crate::telemetry::spans::RequestTrace;
 use crate::usage::Usage;
 
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,8 @@ pub struct RequestRecord {
     sinks: Sinks,
     state: Mutex<RecordState>,
     settlement: Mutex<Option<Settlement>>,
+    /// The request's server span, ended with the report.
+    trace: RequestTrace,
 }
 
 struct RecordState {
@@ -108,6 +111,7 @@ impl RequestRecord {
             sinks,
             state: Mutex::new(state),
             settlement: Mutex::default(),
+            trace: RequestTrace::default(),
         }
     }
 
@@ -115,6 +119,18 @@ impl RequestRecord {
     pub fn with_correlation_id(mut self, correlation_id: Option<Arc<str>>) -> Self {
         self.correlation_id = correlation_id;
         self
+    }
+
+    /// The record of a traced request: it ends the request's server span.
+    pub fn with_trace(mut self, trace: RequestTrace) -> Self {
+        trace.claim();
+        self.trace = trace;
+        self
+    }
+
+    /// The request's trace, for the layers' spans.
+    pub fn trace(&self) -> &RequestTrace {
+        &self.trace
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -136,11 +152,25 @@ impl RequestRecord {
     }
 
     /// An attempt goes to `target`: the last one is the one that served the request.
-    pub fn start_attempt(&self, target: &Arc<Target>, price: Option<Price>) {
+    /// Returns the attempt's number (1 for the first).
+    pub fn start_attempt(&self, target: &Arc<Target>, price: Option<Price>) -> u32 {
         let mut state = self.state();
         state.target = Some(target.clone());
         state.price = price;
         state.attempts += 1;
+        state.attempts
+    }
+
+    /// What the answer said so far (a stream's id, model, finish reasons and usage).
+    pub fn answer_facts(&self) -> AnswerFacts {
+        let state = self.state();
+        AnswerFacts {
+            usage: state.usage,
+            content_len: 0,
+            finish_reasons: state.finish_reasons.clone(),
+            id: state.response_id.clone(),
+            model: state.response_model.clone(),
+        }
     }
 
     /// The target of the last attempt (`provider/upstream model`) and the attempts made.
@@ -265,7 +295,6 @@ impl RequestRecord {
         });
         Report {
             request_id: self.request_id.clone(),
-            trace_id: None,
             correlation_id: self.correlation_id.clone(),
             endpoint: self.endpoint,
             status,
@@ -284,6 +313,8 @@ impl RequestRecord {
             response_id: state.response_id.take(),
             response_model: state.response_model.take(),
             resumed_on: state.resumed_on.take(),
+            trace_id: self.trace.trace_id().cloned(),
+            span_id: self.trace.span_id().cloned(),
         }
     }
 }
@@ -307,6 +338,7 @@ impl Drop for RequestRecord {
             sink.record(&report);
         }
         self.metrics.leave(self.endpoint);
+        self.trace.finish(&report);
     }
 }
 

@@ -20,6 +20,8 @@ use crate::config::schema::RawConfig;
 use crate::config::{self, ConfigError, ConfigErrors, ConfigSource};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
+use crate::telemetry::settings;
+use crate::telemetry::spans::Traces;
 
 /// Editors write a file in several steps; wait this long after the last event.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -35,14 +37,20 @@ impl ConfigStore {
     /// it names) and builds the first snapshot.
     pub fn open(source: ConfigSource) -> Result<Self, ConfigErrors> {
         let raw = config::load(&source)?;
-        let shared = Shared::new(&raw.limits, &raw.feedback).map_err(|message| ConfigErrors {
+        let error = |path: &str, message: String| ConfigErrors {
             origin: source.to_string(),
             errors: vec![ConfigError {
-                path: "limits.redis".to_owned(),
+                path: path.to_owned(),
                 location: None,
                 message,
             }],
-        })?;
+        };
+        let mut shared =
+            Shared::new(&raw.limits, &raw.feedback).map_err(|m| error("limits.redis", m))?;
+        let env = |name: &str| std::env::var(name).ok();
+        shared.traces = settings::resolve(&raw.telemetry.traces, &env)
+            .and_then(|settings| Traces::start(settings, &shared.http, &shared.metrics))
+            .map_err(|m| error("telemetry.traces", m))?;
         let snapshot = build_from(&source, raw, &shared)?;
         shared.keys.follow_config(&snapshot.keys);
         Ok(Self {
@@ -88,6 +96,9 @@ impl ConfigStore {
                     tracing::warn!(
                         "limits.backend or limits.redis changed; the limit store changes at the next restart"
                     );
+                }
+                if old.telemetry != snapshot.telemetry {
+                    tracing::warn!("telemetry changed; it takes effect at the next restart");
                 }
                 self.shared.keys.follow_config(&snapshot.keys);
                 self.current.store(Arc::new(snapshot));

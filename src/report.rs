@@ -74,8 +74,6 @@ pub struct ServedBy {
 pub struct Report {
     /// The gateway's id for the request (the feedback handle).
     pub request_id: Arc<str>,
-    /// The request's trace, when it is traced (hex).
-    pub trace_id: Option<Arc<str>>,
     /// The client's own `x-request-id`, when it sent one.
     pub correlation_id: Option<Arc<str>>,
     pub endpoint: Endpoint,
@@ -105,6 +103,10 @@ pub struct Report {
     /// The target (`provider/model`) a broken stream was resumed on; its usage is then the
     /// sum of both attempts'.
     pub resumed_on: Option<Arc<str>>,
+    /// The request's trace id (32 hex digits) and its server span's id (16), when traces
+    /// are on.
+    pub trace_id: Option<Arc<str>>,
+    pub span_id: Option<Arc<str>>,
 }
 
 impl Report {

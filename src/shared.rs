@@ -14,6 +14,7 @@ use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClients;
 use crate::report::Sinks;
+use crate::telemetry::spans::Traces;
 
 pub struct Shared {
     pub metrics: Arc<Metrics>,
@@ -25,6 +26,8 @@ pub struct Shared {
     pub health: HealthTable,
     /// Recent requests, for `POST /v1/feedback`; also a sink.
     pub feedback: Arc<FeedbackIndex>,
+    /// The tracer (off unless the first config or the environment turns export on).
+    pub traces: Traces,
 }
 
 impl Default for Shared {
@@ -39,6 +42,7 @@ impl Default for Shared {
             keys: Arc::default(),
             health: HealthTable::default(),
             feedback,
+            traces: Traces::default(),
         }
     }
 }
@@ -64,6 +68,7 @@ impl Shared {
             keys: Arc::new(KeyStore::new(limits)?),
             health: HealthTable::default(),
             feedback,
+            traces: Traces::default(),
         })
     }
 }

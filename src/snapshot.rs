@@ -12,6 +12,7 @@ use crate::config::provider::ProviderSettings;
 use crate::config::schema::{
     AdminConfig, AuthConfig, HealthCheckConfig, LimitsSettings, ModelTimeouts, OnTimeout,
     ProviderConfig, ProviderKind, ProviderTimeouts, ResilienceSettings, ServerConfig, Strategy,
+    TelemetryConfig,
 };
 use crate::config::{ConfigError, RawConfig};
 use crate::health::TargetHealth;
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub prices: PriceTable,
     pub limits: LimitsSettings,
     pub resilience: ResilienceSettings,
+    /// As written: its changes need a restart (a reload says so).
+    pub telemetry: TelemetryConfig,
 }
 
 pub struct ProviderEntry {
@@ -44,6 +47,8 @@ pub struct ProviderEntry {
     pub unusable: Option<String>,
     /// For `check-config`: where it sends requests.
     pub base_url: Option<String>,
+    /// The host and port of `base_url`, for spans.
+    pub address: Option<(Arc<str>, u16)>,
 }
 
 /// A public model and the targets that can serve it.
@@ -189,6 +194,7 @@ impl Snapshot {
             prices,
             limits: raw.limits,
             resilience: raw.resilience,
+            telemetry: raw.telemetry,
             server: raw.server,
             providers,
             models,
@@ -245,6 +251,7 @@ fn build_provider(
         keys.join("; ")
     })?;
     let adapter = providers::build(&name, &settings, config.timeouts.connect, &shared.http)?;
+    let base_url = providers::base_url(&settings);
     let api_key = settings.http().and_then(|http| http.api_key.as_ref());
     let unusable = api_key
         .filter(|key| key.is_empty())
@@ -256,6 +263,15 @@ fn build_provider(
         timeouts: config.timeouts,
         health_check: config.health_check,
         unusable,
-        base_url: providers::base_url(&settings),
+        address: base_url.as_deref().and_then(address),
+        base_url,
     })
+}
+
+/// The host and port a base URL names (the scheme's port when it names none).
+fn address(base_url: &str) -> Option<(Arc<str>, u16)> {
+    let uri = base_url.parse::<http::Uri>().ok()?;
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Some((Arc::from(uri.host()?), port))
 }

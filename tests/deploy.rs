@@ -4,7 +4,7 @@
 //!
 //! prometheus-client leaves a family without samples off `/metrics` entirely (no `# TYPE`
 //! line either), so the first test also causes what each labelled family counts: a retry,
-//! a fallback, breaker trips, a broken stream, a budget refusal, a config reload.
+//! a fallback, breaker trips, a broken stream, feedback, a budget refusal, a config reload.
 //!
 //! The Prometheus test runs the `prometheus` binary (Debian package `prometheus`; `.ci/run`
 //! installs it) on a free port with its data in a temp dir.
@@ -164,7 +164,8 @@ auth:
 
 /// A sample for the labelled families a plain workload leaves empty (and so off
 /// `/metrics`): a retry, a fallback and breaker trips (`flaky`), a broken stream resumed or
-/// given up (`cut`), cost and tokens for a team (`echo`), a budget refusal, a config reload.
+/// given up (`cut`), cost and tokens for a team (`echo`) and feedback on it, a budget
+/// refusal, a config reload.
 async fn run_incidents(gateway: &TestGateway, config: &str) {
     let chat_path = "/v1/chat/completions";
     let response = post(gateway, TEST_KEY, chat_path, &chat("flaky", false)).await;
@@ -178,7 +179,18 @@ async fn run_incidents(gateway: &TestGateway, config: &str) {
 
     let response = post(gateway, TEST_KEY, chat_path, &chat("echo", false)).await;
     assert_eq!(response.status(), 200);
+    let handle = response.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     response.bytes().await.unwrap();
+    // Feedback on it, once the request is remembered (when its report was made).
+    common::eventually("feedback accepted", async || {
+        let score = json!({"request_id": handle, "score": "up"});
+        let response = post(gateway, TEST_KEY, "/v1/feedback", &score).await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
 
     let response = post(gateway, BROKE_KEY, chat_path, &chat("echo", false)).await;
     assert_eq!(response.status(), 429, "over the team's budget");

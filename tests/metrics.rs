@@ -186,5 +186,8 @@ async fn metrics_can_have_a_listener_of_their_own() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    assert!(text.contains("switchyard_limits_store_degraded 0"), "{text}");
+    assert!(
+        text.contains("switchyard_limits_store_degraded 0"),
+        "{text}"
+    );
 }

@@ -207,4 +207,20 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn trace_settings_are_checked_with_their_paths() {
+        let text = "telemetry:\n  traces:\n    exporter: otlp\n    protocol: grpc\n    endpoint: https://collector:4317\n    sampling_ratio: 1.5\n    headers: {'bad name': x}\n    batch: {max_queue_size: 0}\n";
+        let errors = parse(text, no_env).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "telemetry.traces.endpoint",
+                "telemetry.traces.headers.bad name",
+                "telemetry.traces.sampling_ratio",
+                "telemetry.traces.batch"
+            ]
+        );
+    }
 }

@@ -44,6 +44,112 @@ pub struct RawConfig {
     /// they are remembered.
     #[serde(default)]
     pub feedback: FeedbackSettings,
+    /// Traces exported over OTLP (off by default). [restart]
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub traces: TracesConfig,
+}
+
+/// Trace export. Every key left out falls back to its standard `OTEL_*` environment
+/// variable, then to its default (`telemetry/settings.rs`). [restart]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// `none` (the default) or `otlp`.
+    #[serde(default)]
+    pub exporter: Option<TraceExporter>,
+    /// The collector's base URL; `/v1/traces` is appended for http/protobuf.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<OtlpProtocol>,
+    /// Sent with every export (an API key: write it as `${VAR}`).
+    #[serde(default)]
+    pub headers: IndexMap<String, Secret>,
+    /// Share of new traces recorded, 0 to 1; a client's sampled flag is followed.
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource_attributes: IndexMap<String, String>,
+    /// Prompts and completions on the attempt spans (off: they may hold personal data).
+    #[serde(default)]
+    pub capture_content: bool,
+    /// Longest prompt or completion text put on a span; longer ones are cut.
+    #[serde(default = "content_max_bytes")]
+    pub content_max_bytes: ByteSize,
+    /// Longest wait for one export.
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub batch: TraceBatchConfig,
+}
+
+fn content_max_bytes() -> ByteSize {
+    ByteSize::kib(8)
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            exporter: None,
+            endpoint: None,
+            protocol: None,
+            headers: IndexMap::new(),
+            sampling_ratio: None,
+            service_name: None,
+            resource_attributes: IndexMap::new(),
+            capture_content: false,
+            content_max_bytes: content_max_bytes(),
+            timeout: None,
+            batch: TraceBatchConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceExporter {
+    None,
+    Otlp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// How finished spans are queued and sent.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceBatchConfig {
+    /// Longest a finished span waits before it is sent.
+    #[serde(with = "duration")]
+    pub scheduled_delay: Duration,
+    /// Spans waiting to be sent; when full, new ones are dropped (and counted).
+    pub max_queue_size: usize,
+    /// Most spans in one export.
+    pub max_export_batch_size: usize,
+}
+
+impl Default for TraceBatchConfig {
+    fn default() -> Self {
+        Self {
+            scheduled_delay: Duration::from_secs(5),
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

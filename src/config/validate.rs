@@ -9,7 +9,8 @@ use super::ConfigError;
 use super::provider::ProviderSettings;
 use super::schema::{
     AdminConfig, BudgetConfig, FeedbackBackend, KeyConfig, LimitConfig, LimitsBackend, MockFault,
-    ModelConfig, ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
+    ModelConfig, OtlpProtocol, ProviderConfig, ProviderKind, RawConfig, ResilienceSettings,
+    TracesConfig,
 };
 use crate::headers::HOP_BY_HOP;
 
@@ -26,6 +27,7 @@ pub fn validate(config: &RawConfig) -> Vec<ConfigError> {
     validate_limits_settings(config, &mut errors);
     validate_resilience(&config.resilience, &mut errors);
     validate_feedback(config, &mut errors);
+    validate_traces(&config.telemetry.traces, &mut errors);
     errors.0
 }
 
@@ -487,6 +489,66 @@ fn validate_resilience(settings: &ResilienceSettings, errors: &mut Errors) {
         errors.push(
             "resilience.breaker.max_cooldown",
             "expected at least breaker.cooldown",
+        );
+    }
+}
+
+fn validate_traces(traces: &TracesConfig, errors: &mut Errors) {
+    let path = "telemetry.traces";
+    if let Some(endpoint) = &traces.endpoint {
+        let uri = endpoint.parse::<http::Uri>().ok();
+        let scheme = uri.as_ref().and_then(|u| u.scheme_str());
+        let grpc = traces.protocol == Some(OtlpProtocol::Grpc);
+        match scheme {
+            Some("http") => {}
+            Some("https") if !grpc => {}
+            Some("https") => errors.push(
+                format!("{path}.endpoint"),
+                "the grpc exporter speaks plaintext only: an http:// endpoint (or use http/protobuf for https)",
+            ),
+            _ => errors.push(
+                format!("{path}.endpoint"),
+                format!("expected an http:// or https:// URL, got {endpoint:?}"),
+            ),
+        }
+    }
+    for name in traces.headers.keys() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(format!("{path}.headers.{name}"), "not a valid header name");
+        }
+    }
+    for (name, value) in &traces.headers {
+        if HeaderValue::from_str(value.expose()).is_err() {
+            errors.push(
+                format!("{path}.headers.{name}"),
+                "the value has characters not allowed in a header",
+            );
+        }
+    }
+    if traces
+        .sampling_ratio
+        .is_some_and(|r| !(0.0..=1.0).contains(&r))
+    {
+        errors.push(
+            format!("{path}.sampling_ratio"),
+            "expected a share from 0.0 to 1.0",
+        );
+    }
+    if traces.content_max_bytes.as_u64() == 0 {
+        errors.push(format!("{path}.content_max_bytes"), "expected 1B or more");
+    }
+    if let Some(timeout) = traces.timeout {
+        errors.positive(&format!("{path}.timeout"), timeout);
+    }
+    let batch = &traces.batch;
+    errors.positive(
+        &format!("{path}.batch.scheduled_delay"),
+        batch.scheduled_delay,
+    );
+    if batch.max_queue_size == 0 || batch.max_export_batch_size == 0 {
+        errors.push(
+            format!("{path}.batch"),
+            "expected queue and batch sizes of 1 or more",
         );
     }
 }

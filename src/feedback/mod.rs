@@ -188,6 +188,7 @@ mod tests {
         Report {
             request_id: "req_1".into(),
             trace_id: None,
+            span_id: None,
             correlation_id: None,
             endpoint: Endpoint::ChatCompletions,
             status: 200,

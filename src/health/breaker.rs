@@ -25,6 +25,14 @@ pub enum State {
 }
 
 impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::HalfOpen => "half_open",
+            Self::Open => "open",
+        }
+    }
+
     fn from_u8(value: u8) -> Self {
         match value {
             0 => Self::Closed,

@@ -27,6 +27,7 @@ use crate::auth::{self, Key};
 use crate::error::GatewayError;
 use crate::reload::ConfigStore;
 use crate::snapshot::Snapshot;
+use crate::telemetry::spans::RequestTrace;
 
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        let step = RequestTrace::of(request.extensions()).step("auth");
         let snapshot = self.store.current();
         let admitted = match self.door {
             Door::Clients => self
@@ -117,7 +119,10 @@ where
         };
         match admitted {
             Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => Either::Left(ready(Ok(error.into_http(&request_id::of(&request))))),
+            Err(error) => {
+                step.fail(&error);
+                Either::Left(ready(Ok(error.into_http(&request_id::of(&request)))))
+            }
         }
     }
 }

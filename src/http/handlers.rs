@@ -27,6 +27,7 @@ use crate::pricing::Cost;
 use crate::record::RequestRecord;
 use crate::report::Endpoint;
 use crate::snapshot::ModelRoute;
+use crate::telemetry::spans::RequestTrace;
 
 pub async fn chat_completions(
     State(app): State<App>,
@@ -68,7 +69,10 @@ async fn serve(
         app.metrics.clone(),
         app.sinks.clone(),
     );
-    let record = Arc::new(record.with_correlation_id(request_id::correlation_of(&request)));
+    let record = record
+        .with_correlation_id(request_id::correlation_of(&request))
+        .with_trace(RequestTrace::of(request.extensions()));
+    let record = Arc::new(record);
     let result = run(&app, caller, request, &record, parse).await;
     let (target, attempts) = record.attempts();
     let mut response = match result {

@@ -11,6 +11,7 @@ pub mod hygiene;
 pub mod parse;
 pub mod relay;
 pub mod request_id;
+pub mod trace;
 
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use super::step::StepLayer;
 use crate::error::GatewayError;
 
 pub fn layer() -> StepLayer {
-    StepLayer::new(check)
+    StepLayer::new("access", check)
 }
 
 fn check(request: &mut GatewayRequest) -> Result<(), GatewayError> {

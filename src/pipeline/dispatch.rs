@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
 use std::time::Duration;
 
 use crate::clock::{self, Instant};
@@ -33,6 +34,7 @@ use crate::pricing::Price;
 use crate::providers::{ChatCall, EmbeddingsCall};
 use crate::record::{Mark, RequestRecord};
 use crate::snapshot::{Snapshot, Target};
+use crate::telemetry::spans::{AttemptSpan, AttemptStart, Cause};
 use crate::usage::{Usage, UsageSource, estimate_prompt_tokens, estimate_tokens};
 
 /// When a request must be over.
@@ -52,10 +54,12 @@ pub struct Deadline {
 /// content and the rest of it.
 enum Started {
     Json(JsonReply),
-    Stream(Vec<Chunk>, Option<ChunkStream>),
+    /// The chunks held, the rest of the stream, when its first chunk came.
+    Stream(Vec<Chunk>, Option<ChunkStream>, Instant),
 }
 
-/// Sends `call` to `target` and returns once the answer has started, or fails.
+/// Sends `call` to `target` and returns once the answer has started, or fails. `cause`
+/// says why the attempt is made, for its span.
 pub async fn attempt(
     ctx: &RequestContext,
     call: &Call,
@@ -63,16 +67,31 @@ pub async fn attempt(
     pass: Pass,
     timeouts: ProviderTimeouts,
     deadline: Deadline,
+    cause: Cause,
 ) -> Result<Reply, GatewayError> {
     let record = &ctx.record;
     let price = ctx.snapshot.prices.price(&target.upstream_model).or(
         // The mock is free unless the price table says otherwise.
         (target.provider.kind == ProviderKind::Mock).then_some(Price::FREE),
     );
-    record.start_attempt(target, price);
+    let number = record.start_attempt(target, price);
     record.mark(Mark::UpstreamStart);
     let started = clock::now();
-    let outcome = Outcome {
+    let span = record.trace().attempt(&AttemptStart {
+        provider: target.provider.kind,
+        upstream_model: &target.upstream_model,
+        target: &target.health.name,
+        address: target.provider.address.as_ref().map(|(h, p)| (h, *p)),
+        chat: match call {
+            Call::Chat(chat) => Some(chat),
+            Call::Embeddings(_) => None,
+        },
+        number,
+        cause,
+        breaker: target.health.breaker.state().as_str(),
+    });
+    let mut outcome = Outcome {
+        span,
         in_flight: target.health.start(),
         started,
         pass,
@@ -83,8 +102,9 @@ pub async fn attempt(
     };
     let skipped = outcome.skipped.clone();
     let remaining = deadline.attempts.saturating_duration_since(started);
+    let upstream_headers = outcome.span.headers();
     let answer = tokio::time::timeout(timeouts.first_byte.min(remaining), async {
-        match send(target, call, &record.request_id, &skipped).await? {
+        match send(target, call, &record.request_id, &skipped, upstream_headers).await? {
             Reply::Json(json) => Ok(Started::Json(json)),
             Reply::Stream(stream) => first_content(stream).await,
         }
@@ -115,13 +135,17 @@ pub async fn attempt(
     record.mark(Mark::FirstByte);
     Ok(match answer {
         Started::Json(json) => {
+            outcome.span.answer(json.facts(), Some(json.body()));
             outcome.finish(None);
             let usage = json.facts().usage.unwrap_or_else(|| estimate(call, &json));
             record.set_answer(json.facts(), usage);
             record.mark(Mark::End);
             Reply::Json(json)
         }
-        Started::Stream(held, rest) => {
+        Started::Stream(held, rest, first_chunk) => {
+            outcome
+                .span
+                .first_chunk(first_chunk.saturating_duration_since(started));
             let prompt_estimate = match call {
                 Call::Chat(chat) => estimate_prompt_tokens(chat),
                 Call::Embeddings(_) => 0,
@@ -148,6 +172,8 @@ pub async fn attempt(
 /// failure that says something about the target counts against it, not a client's bad
 /// request) and in the attempts metric. Holds the target's in-flight count meanwhile.
 struct Outcome {
+    /// The attempt's span: ended with the outcome, or (dropped) saying the client left.
+    span: AttemptSpan,
     in_flight: InFlight,
     started: Instant,
     pass: Pass,
@@ -176,6 +202,7 @@ impl Outcome {
     }
 
     fn finish(mut self, error: Option<&GatewayError>) {
+        self.span.finish(error);
         self.report_skipped();
         let health = self.in_flight.health();
         let metrics = self.record.metrics();
@@ -220,11 +247,22 @@ impl Stream for Watched {
             Some(Ok(_)) => None,
         };
         if let Some(error) = ended
-            && let Some(outcome) = self.outcome.take()
+            && let Some(mut outcome) = self.outcome.take()
         {
+            if outcome.span.is_recording() {
+                // The stream's facts, as the record has them from its chunks so far.
+                outcome.span.answer(&outcome.record.answer_facts(), None);
+            }
             outcome.finish(error);
         } else if let Some(outcome) = &mut self.outcome {
             outcome.report_skipped();
+            if let Some(Ok(chunk)) = &item
+                && outcome.span.wants_output()
+            {
+                for (_, text) in chunk.texts() {
+                    outcome.span.add_output(&text);
+                }
+            }
         }
         Poll::Ready(item)
     }
@@ -234,15 +272,21 @@ impl Stream for Watched {
 /// that fails the attempt.
 async fn first_content(mut stream: ChunkStream) -> Result<Started, GatewayError> {
     let mut held = Vec::new();
+    let mut first_chunk = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        let first = *first_chunk.get_or_insert_with(clock::now);
         let has_content = chunk.has_content();
         held.push(chunk);
         if has_content {
-            return Ok(Started::Stream(held, Some(stream)));
+            return Ok(Started::Stream(held, Some(stream), first));
         }
     }
-    Ok(Started::Stream(held, None))
+    Ok(Started::Stream(
+        held,
+        None,
+        first_chunk.unwrap_or_else(clock::now),
+    ))
 }
 
 /// The provider call itself; a stream counts the malformed events it drops in `skipped`.
@@ -251,6 +295,7 @@ async fn send(
     call: &Call,
     request_id: &str,
     skipped: &Arc<SkippedEvents>,
+    trace: &HeaderMap,
 ) -> Result<Reply, GatewayError> {
     let provider = &target.provider;
     let model = &target.upstream_model;
@@ -262,6 +307,7 @@ async fn send(
                 request_id,
                 max_tokens: target.max_tokens,
                 skipped,
+                trace,
             };
             provider.adapter.chat(call).await
         }
@@ -270,6 +316,7 @@ async fn send(
                 request,
                 model,
                 request_id,
+                trace,
             };
             provider.adapter.embeddings(call).await.map(Reply::Json)
         }

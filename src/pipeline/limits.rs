@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 use crate::limits::tokens::Tokenizer;
 use crate::limits::{Check, Limiter, Period, Plan, Rejection, key_scope, team_scope};
 use crate::snapshot::ModelRoute;
+use crate::telemetry::attributes::LIMIT_DECISION;
 use crate::usage::estimate_tokens;
 
 #[derive(Clone)]
@@ -73,12 +74,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let limiter = self.limiter.clone();
         Box::pin(async move {
+            let mut step = request.ctx.record.trace().step("limits");
             let plan = plan(&request.ctx, &request.call).await;
             let record = &request.ctx.record;
-            let admission = limiter.reserve(&plan).await.map_err(|rejection| {
-                record.metrics().count_limit_refusal(rejection.kind());
-                rejected(rejection)
-            })?;
+            let admission = match limiter.reserve(&plan).await {
+                Ok(admission) => admission,
+                Err(rejection) => {
+                    record.metrics().count_limit_refusal(rejection.kind());
+                    let error = rejected(rejection);
+                    step.note(LIMIT_DECISION, error.label());
+                    step.fail(&error);
+                    return Err(error);
+                }
+            };
+            step.note(LIMIT_DECISION, "admitted");
+            drop(step);
             record.set_limit_status(admission.status);
             let settling = limiter.clone();
             record.on_settle(Box::new(move |used| settling.settle(admission, used)));

@@ -42,6 +42,7 @@ use crate::config::schema::{OnTimeout, ResilienceSettings};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::snapshot::{ModelRoute, Target};
+use crate::telemetry::spans::Cause;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resilience;
@@ -83,8 +84,10 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
     let mut chain: VecDeque<Arc<str>> = route.fallbacks.iter().cloned().collect();
     let mut context_fallbacks = Some(&route.context_fallbacks);
     let mut model = route.clone();
+    let mut cause = Cause::First;
     loop {
-        let error = match run_model(&ctx, &call, &model, deadline, !chain.is_empty()).await {
+        let has_fallback = !chain.is_empty();
+        let error = match run_model(&ctx, &call, &model, deadline, has_fallback, cause).await {
             Ok(Reply::Stream(stream)) => {
                 let later = chain
                     .iter()
@@ -130,6 +133,7 @@ async fn serve(request: GatewayRequest) -> Result<Reply, GatewayError> {
             "falling back to another model"
         );
         ctx.record.metrics().count_fallback(error.label());
+        cause = Cause::Fallback(error.label());
         model = next;
     }
 }
@@ -141,6 +145,7 @@ async fn run_model(
     model: &ModelRoute,
     deadline: Deadline,
     has_fallback: bool,
+    first: Cause,
 ) -> Result<Reply, GatewayError> {
     let settings = &ctx.snapshot.resilience;
     let mut failures = Failures::default();
@@ -196,7 +201,11 @@ async fn run_model(
             tokio::time::sleep(pause).await;
         }
         let timeouts = target.timeouts(&model.timeouts);
-        match dispatch::attempt(ctx, call, &target, pass, timeouts, deadline).await {
+        let cause = match &last_error {
+            Some(error) => Cause::Retry(GatewayError::label(error)),
+            None => first,
+        };
+        match dispatch::attempt(ctx, call, &target, pass, timeouts, deadline, cause).await {
             Ok(reply) => return Ok(reply),
             Err(error) => {
                 if !error.fails_over() || clock::now() >= deadline.attempts {

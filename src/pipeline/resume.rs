@@ -38,6 +38,7 @@ use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::health::breaker::Pass;
 use crate::snapshot::{ModelRoute, Target};
+use crate::telemetry::spans::Cause;
 use crate::usage::{Usage, UsageSource};
 
 /// What a resumption needs of the request: its context, its call, the models that may
@@ -234,7 +235,8 @@ impl Resuming {
         let deadline = plan.deadline;
         let timeouts = target.timeouts(&model.timeouts);
         let continuation = Box::pin(async move {
-            dispatch::attempt(&ctx, &call, &target, pass, timeouts, deadline).await
+            let resume = Cause::Resume;
+            dispatch::attempt(&ctx, &call, &target, pass, timeouts, deadline, resume).await
         });
         Ok(Phase::Starting {
             continuation,

@@ -10,7 +10,7 @@ use super::step::StepLayer;
 use crate::error::GatewayError;
 
 pub fn layer() -> StepLayer {
-    StepLayer::new(resolve)
+    StepLayer::new("route", resolve)
 }
 
 fn resolve(request: &mut GatewayRequest) -> Result<(), GatewayError> {

@@ -1,6 +1,7 @@
 //! A layer that takes one decision about a request on its way in and either passes it on
 //! or refuses it, without waiting on anything: `access.rs` and `route.rs` are such steps.
-//! The decision is a plain function; this is the tower plumbing they share.
+//! The decision is a plain function; this is the tower plumbing they share, and the
+//! step's span (named after the step, marked failed when it refuses).
 
 use std::task::{Context, Poll};
 
@@ -16,12 +17,14 @@ pub type Decide = fn(&mut GatewayRequest) -> Result<(), GatewayError>;
 
 #[derive(Clone, Copy)]
 pub struct StepLayer {
+    name: &'static str,
     decide: Decide,
 }
 
 impl StepLayer {
-    pub fn new(decide: Decide) -> Self {
-        Self { decide }
+    /// The step `name` (its span's name), deciding with `decide`.
+    pub fn new(name: &'static str, decide: Decide) -> Self {
+        Self { name, decide }
     }
 }
 
@@ -31,6 +34,7 @@ impl<S> Layer<S> for StepLayer {
     fn layer(&self, inner: S) -> Step<S> {
         Step {
             inner,
+            name: self.name,
             decide: self.decide,
         }
     }
@@ -39,6 +43,7 @@ impl<S> Layer<S> for StepLayer {
 #[derive(Clone)]
 pub struct Step<S> {
     inner: S,
+    name: &'static str,
     decide: Decide,
 }
 
@@ -55,9 +60,16 @@ where
     }
 
     fn call(&mut self, mut request: GatewayRequest) -> Self::Future {
+        let step = request.ctx.record.trace().step(self.name);
         match (self.decide)(&mut request) {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(error) => Either::Left(ready(Err(error))),
+            Ok(()) => {
+                drop(step);
+                Either::Right(self.inner.call(request))
+            }
+            Err(error) => {
+                step.fail(&error);
+                Either::Left(ready(Err(error)))
+            }
         }
     }
 }

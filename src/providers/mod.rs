@@ -40,6 +40,8 @@ pub struct ChatCall<'a> {
     pub max_tokens: Option<u64>,
     /// Where a stream counts the malformed events it skips.
     pub skipped: &'a Arc<SkippedEvents>,
+    /// Headers carrying the attempt's trace context (`traceparent`); empty when off.
+    pub trace: &'a http::HeaderMap,
 }
 
 impl ChatCall<'_> {
@@ -57,6 +59,8 @@ pub struct EmbeddingsCall<'a> {
     pub request: &'a EmbeddingsRequest,
     pub model: &'a str,
     pub request_id: &'a str,
+    /// Headers carrying the attempt's trace context (`traceparent`); empty when off.
+    pub trace: &'a http::HeaderMap,
 }
 
 /// An upstream that can serve OpenAI-shaped calls. Object-safe: the registry holds

@@ -132,7 +132,10 @@ impl OpenAi {
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
         let body = chat_body(&call)?;
         let uri = self.endpoints.chat(call.model)?;
-        let response = self.transport.post(uri, body, call.request_id).await?;
+        let response = self
+            .transport
+            .post(uri, body, call.request_id, call.trace)
+            .await?;
         if call.request.is_stream() {
             let translator = OpenAiTranslator {
                 provider: self.transport.name.clone(),
@@ -156,7 +159,10 @@ impl OpenAi {
         let body = serde_json::to_vec(&outbound)
             .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
         let uri = self.endpoints.embeddings(call.model)?;
-        let response = self.transport.post(uri, body, call.request_id).await?;
+        let response = self
+            .transport
+            .post(uri, body, call.request_id, call.trace)
+            .await?;
         let body = self.transport.read_body(response).await?;
         JsonReply::from_openai(body, &self.transport.name)
     }

@@ -42,12 +42,14 @@ impl Transport {
         }
     }
 
-    /// POSTs a JSON body; a success status returns the response, anything else an error.
+    /// POSTs a JSON body with the request's id and the attempt's trace context; a success
+    /// status returns the response, anything else an error.
     pub async fn post(
         &self,
         uri: Uri,
         body: Vec<u8>,
         request_id: &str,
+        trace: &HeaderMap,
     ) -> Result<Response<Incoming>, GatewayError> {
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
@@ -55,6 +57,9 @@ impl Transport {
         *request.headers_mut() = self.headers.clone();
         if let Ok(id) = HeaderValue::from_str(request_id) {
             request.headers_mut().insert(REQUEST_ID, id);
+        }
+        for (name, value) in trace {
+            request.headers_mut().insert(name, value.clone());
         }
         let response = self
             .client

@@ -77,7 +77,7 @@ impl Anthropic {
             .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
         let response = self
             .transport
-            .post(self.messages_uri.clone(), body, call.request_id)
+            .post(self.messages_uri.clone(), body, call.request_id, call.trace)
             .await?;
         if call.request.is_stream() {
             let translator =

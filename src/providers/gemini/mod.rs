@@ -86,17 +86,18 @@ impl Gemini {
         uri: Uri,
         body: &Value,
         request_id: &str,
+        trace: &http::HeaderMap,
     ) -> Result<http::Response<hyper::body::Incoming>, GatewayError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| GatewayError::Internal(format!("encoding the request: {e}")))?;
-        self.transport.post(uri, body, request_id).await
+        self.transport.post(uri, body, request_id, trace).await
     }
 
     async fn chat_call(&self, call: ChatCall<'_>) -> Result<Reply, GatewayError> {
         let body = request::translate(call.request, &self.policy)?;
         if call.request.is_stream() {
             let uri = self.uri(call.model, "streamGenerateContent?alt=sse")?;
-            let response = self.post(uri, &body, call.request_id).await?;
+            let response = self.post(uri, &body, call.request_id, call.trace).await?;
             let translator =
                 StreamTranslator::new(self.transport.name.clone(), call.model.to_owned());
             let malformed = call.malformed(self.on_malformed_event);
@@ -104,7 +105,7 @@ impl Gemini {
             return Ok(Reply::Stream(chunks));
         }
         let uri = self.uri(call.model, "generateContent")?;
-        let response = self.post(uri, &body, call.request_id).await?;
+        let response = self.post(uri, &body, call.request_id, call.trace).await?;
         let bytes = self.transport.read_body(response).await?;
         let answer: response::Answer = serde_json::from_slice(&bytes)
             .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))?;
@@ -136,7 +137,8 @@ impl Gemini {
         let vectors = if let [text] = texts.as_slice() {
             let uri = self.uri(call.model, "embedContent")?;
             let body = with_dimensions(json!({"content": content(text)}));
-            let answer: SingleEmbedding = self.embed(uri, &body, call.request_id).await?;
+            let answer: SingleEmbedding =
+                self.embed(uri, &body, call.request_id, call.trace).await?;
             vec![answer.embedding.values]
         } else {
             let uri = self.uri(call.model, "batchEmbedContents")?;
@@ -149,7 +151,12 @@ impl Gemini {
                 })
                 .collect();
             let answer: BatchEmbeddings = self
-                .embed(uri, &json!({"requests": requests}), call.request_id)
+                .embed(
+                    uri,
+                    &json!({"requests": requests}),
+                    call.request_id,
+                    call.trace,
+                )
                 .await?;
             answer.embeddings.into_iter().map(|e| e.values).collect()
         };
@@ -169,8 +176,9 @@ impl Gemini {
         uri: Uri,
         body: &Value,
         request_id: &str,
+        trace: &http::HeaderMap,
     ) -> Result<T, GatewayError> {
-        let response = self.post(uri, body, request_id).await?;
+        let response = self.post(uri, body, request_id, trace).await?;
         let bytes = self.transport.read_body(response).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| self.transport.protocol(format!("malformed JSON body: {e}")))
