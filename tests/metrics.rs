@@ -191,3 +191,41 @@ async fn metrics_can_have_a_listener_of_their_own() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn latency_buckets_link_to_the_requests_trace() {
+    // Traces on, to a collector that is not there: the trace ids exist all the same.
+    let s = Scenario::answering(ok)
+        .models("  m: {targets: [{provider: up, model: a}]}\n")
+        .top_level("telemetry:\n  traces: {exporter: otlp, endpoint: \"http://127.0.0.1:9\"}\n")
+        .start()
+        .await;
+    let reply = s.chat(&ask("m")).await;
+    let trace_id = reply.header("x-switchyard-trace-id").unwrap().to_owned();
+    let exemplar = format!("# {{trace_id=\"{trace_id}\"}}");
+    let text = eventually("the request reported", async || {
+        let response = common::client()
+            .get(format!("{}/metrics", s.gateway.url))
+            .header("accept", "application/openmetrics-text")
+            .send()
+            .await
+            .unwrap();
+        let text = response.text().await.unwrap();
+        text.contains("switchyard_request_duration_seconds_count")
+            .then_some(text)
+    })
+    .await;
+    for family in [
+        "switchyard_request_duration_seconds_bucket",
+        "switchyard_gateway_overhead_seconds_bucket",
+        "gen_ai_client_operation_duration_seconds_bucket",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(family) && l.contains(&exemplar)),
+            "{family} has no exemplar {exemplar}:\n{text}"
+        );
+    }
+    // The Prometheus text format never carries them.
+    assert!(!s.metrics().await.contains("trace_id"));
+}

@@ -1,5 +1,7 @@
-//! Logging setup. `RUST_LOG` filters (default `info`); `SWITCHYARD_LOG_FORMAT=json` writes
-//! one JSON object per line. Access lines use the target `switchyard::access`.
+//! Logging setup. `RUST_LOG` filters (default `info`). `SWITCHYARD_LOG_FORMAT=json` writes
+//! one JSON object per line, `text` human-readable lines; unset, a terminal gets text and
+//! anything else (a pipe, a container's log driver) JSON. Access lines use the target
+//! `switchyard::access`.
 //! Nothing here ever records a header value: secrets cannot reach the log.
 //!
 //! Lines are formatted on the worker that logs them and written by a background thread
@@ -16,8 +18,11 @@ use tracing_subscriber::EnvFilter;
 /// lines still queued.
 pub fn init_logging() -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|f| f == "json");
     let ansi = std::io::stdout().is_terminal();
+    let json = match std::env::var("SWITCHYARD_LOG_FORMAT") {
+        Ok(format) => format == "json",
+        Err(_) => !ansi,
+    };
     let (writer, guard) = tracing_appender::non_blocking(BufWriter::new(std::io::stdout()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
