@@ -44,6 +44,8 @@ struct Exported {
     end: u64,
     attributes: BTreeMap<String, Value>,
     resource: BTreeMap<String, Value>,
+    /// The spans it links to: (trace id, span id).
+    links: Vec<(String, String)>,
 }
 
 impl Exported {
@@ -103,6 +105,11 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Exported>>>>, body: Bytes) ->
                 end: span.end_time_unix_nano,
                 attributes: attributes(&span.attributes),
                 resource: resource.clone(),
+                links: span
+                    .links
+                    .iter()
+                    .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                    .collect(),
             });
         }
     }
@@ -648,4 +655,31 @@ async fn traces_off_add_no_header() {
     assert_eq!(response.status(), 200);
     assert!(!response.headers().contains_key("x-switchyard-trace-id"));
     assert!(!upstream.last().headers.contains_key("traceparent"));
+}
+
+#[tokio::test]
+async fn a_feedback_is_a_span_linked_to_the_request_it_scores() {
+    let (collector, _upstream, gateway) = traced(scenario::ok).await;
+    let response = gateway
+        .chat(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    let scored_trace = trace_id_of(response.headers());
+    let handle = response.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let scored = server(&collector.trace(&scored_trace).await)
+        .span_id
+        .clone();
+    let given = eventually("the feedback accepted", async || {
+        let body = json!({"request_id": handle, "score": -0.5});
+        let response = gateway.post("/v1/feedback", &body).await;
+        (response.status() == 200).then(|| trace_id_of(response.headers()))
+    })
+    .await;
+    let spans = collector.trace(&given).await;
+    let feedback = one(&spans, "feedback");
+    assert_eq!(feedback.links, [(scored_trace, scored)], "{feedback:#?}");
+    assert_eq!(feedback.attr("switchyard.feedback.score"), -0.5);
+    assert_eq!(feedback.parent, server(&spans).span_id);
 }

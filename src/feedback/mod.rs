@@ -44,6 +44,9 @@ pub struct Served {
     /// The trace it was part of, so that the feedback can be linked to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Its server span, which the feedback's span links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 impl Served {
@@ -58,6 +61,7 @@ impl Served {
             prompt_version: None,
             variant: None,
             trace_id: report.trace_id.as_deref().map(str::to_owned),
+            span_id: report.span_id.as_deref().map(str::to_owned),
         })
     }
 

@@ -29,6 +29,7 @@ use super::{App, body, request_id};
 use crate::clock;
 use crate::error::GatewayError;
 use crate::feedback::{Feedback, Served};
+use crate::telemetry::spans::RequestTrace;
 
 /// Largest feedback body.
 const MAX_BODY: u64 = 16 * 1024;
@@ -71,6 +72,7 @@ pub async fn give(
 
 async fn score(app: &App, caller: &Caller, request: Request) -> Result<Vec<u8>, GatewayError> {
     let (parts, body) = request.into_parts();
+    let trace = RequestTrace::of(&parts.extensions);
     let server = &caller.snapshot.server;
     let bytes = body::read_at_most(body, &parts.headers, MAX_BODY, server).await?;
     let asked = parse(&bytes)?;
@@ -91,6 +93,11 @@ async fn score(app: &App, caller: &Caller, request: Request) -> Result<Vec<u8>, 
         .await?
         .ok_or(GatewayError::RequestNotFound)?;
     log(&asked.request_id, &served, &feedback, caller, replaced);
+    trace.feedback(
+        served.trace_id.as_deref(),
+        served.span_id.as_deref(),
+        feedback.score,
+    );
     let model = served.model.as_deref().unwrap_or("unknown");
     app.metrics
         .count_feedback(model, &served.target, feedback.score);

@@ -24,7 +24,8 @@ use std::time::Duration;
 use http::{Extensions, HeaderMap, Method};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -205,6 +206,33 @@ impl RequestTrace {
                 .with_attributes([KeyValue::new(attr::STEP, name)])
                 .start_with_context(tracer, &server.cx)
         }))
+    }
+
+    /// The span of a feedback (`POST /v1/feedback`) on an earlier request, linked to that
+    /// request's server span when it was traced (`trace_id`, `span_id`: hex).
+    pub fn feedback(&self, trace_id: Option<&str>, span_id: Option<&str>, score: f64) {
+        let Some(server) = &self.0 else { return };
+        let linked = trace_id
+            .and_then(|t| TraceId::from_hex(t).ok())
+            .zip(span_id.and_then(|s| SpanId::from_hex(s).ok()))
+            .map(|(trace, span)| {
+                let context = SpanContext::new(
+                    trace,
+                    span,
+                    TraceFlags::SAMPLED,
+                    true,
+                    TraceState::default(),
+                );
+                Link::with_context(context)
+            });
+        let tracer = &server.tracing.tracer;
+        let mut span = tracer
+            .span_builder("feedback")
+            .with_kind(SpanKind::Internal)
+            .with_attributes([KeyValue::new(attr::FEEDBACK_SCORE, score)])
+            .with_links(linked.into_iter().collect())
+            .start_with_context(tracer, &server.cx);
+        span.end();
     }
 
     /// The CLIENT span of one upstream attempt, named per the GenAI conventions.
