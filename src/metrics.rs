@@ -280,8 +280,7 @@ impl Metrics {
         self.in_flight.get_or_create(&labels).dec();
     }
 
-    /// The timer of one chat stream's chunks: `provider_kind`'s `request_model`, which
-    /// says `response_model` answered.
+    /// See [`RequestMetrics::output_chunks`].
     pub fn output_chunks(
         &self,
         provider_kind: ProviderKind,
