@@ -122,11 +122,14 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Collector {
     async fn start() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    fn start_on(listener: TcpListener) -> Self {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/v1/traces", post(receive))
             .with_state(spans.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { spans, url }
@@ -585,6 +588,36 @@ async fn an_unreachable_collector_drops_spans_and_nothing_else() {
     assert!(dropped_spans(&gateway).await > 0.0);
     let warnings = logs.text().matches("trace export is failing").count();
     assert_eq!(warnings, 1, "one WARN for the transition: {}", logs.text());
+}
+
+#[tokio::test]
+async fn export_resumes_when_the_collector_comes_back() {
+    let (logs, _capture) = Logs::capture();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    let upstream = Upstream::start(scenario::ok).await;
+    let url = format!("http://{address}");
+    let config = common::config_for(&upstream.base_url) + &telemetry(&url, "    timeout: 500ms\n");
+    let gateway = TestGateway::start(&config).await;
+    let response = gateway.chat(&ask("gpt-test")).await;
+    assert_eq!(response.status(), 200);
+    assert!(dropped_spans(&gateway).await > 0.0);
+    // The collector starts where the gateway exports: after its pause, the gateway
+    // records and sends spans again.
+    let collector = Collector::start_on(TcpListener::bind(address).await.unwrap());
+    let trace_id = eventually("a request traced after the outage", async || {
+        let response = gateway.chat(&ask("gpt-test")).await;
+        let trace_id = trace_id_of(response.headers());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let arrived = collector.all().iter().any(|s| s.trace_id == trace_id);
+        arrived.then_some(trace_id)
+    })
+    .await;
+    let spans = collector.trace(&trace_id).await;
+    assert_steps(&spans, &["auth", "access", "route", "limits"]);
+    let recovered = logs.text().matches("trace export recovered").count();
+    assert_eq!(recovered, 1, "one WARN for the transition: {}", logs.text());
 }
 
 #[tokio::test]

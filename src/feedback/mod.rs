@@ -4,9 +4,9 @@
 //! It is a report [`Sink`]: every chat completion or embeddings request that reached a
 //! target (whatever its outcome) is remembered for `feedback.retention` with who made it
 //! (key and team), its public model and the target that served it. The memory backend
-//! keeps them in this process (moka, time-to-live = retention, bounded by
-//! `feedback.max_requests`); the Redis backend in the Redis replicas share
-//! (`redis.rs`), so any replica takes feedback for a request any replica served.
+//! keeps them in this process, at most `feedback.max_requests` (`memory.rs`); the Redis
+//! backend in the Redis replicas share (`redis.rs`), so any replica takes feedback for a
+//! request any replica served.
 //!
 //! A request's feedback is kept beside it and expires with it; a second feedback replaces
 //! the first. What the feedback says is recorded by the handler (a log event and a metric),
@@ -14,6 +14,8 @@
 
 mod memory;
 mod redis;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,30 +25,31 @@ use crate::config::schema::{FeedbackBackend, FeedbackSettings, LimitsSettings};
 use crate::error::GatewayError;
 use crate::report::{Report, Sink};
 
-/// What is remembered of a served request.
+/// What is remembered of a served request: shared strings, so that remembering every
+/// request copies no text (they are the report's own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Served {
     /// The name of the key that made it (never the key).
-    pub key: String,
+    pub key: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
+    pub team: Option<Arc<str>>,
     /// The public model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// `provider/upstream model` of the attempt that served it (or last tried to).
-    pub target: String,
+    pub target: Arc<str>,
     /// The prompt version and experiment variant it used: unset until prompts and
     /// experiments are built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_version: Option<String>,
+    pub prompt_version: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub variant: Option<Arc<str>>,
     /// The trace it was part of, so that the feedback can be linked to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Arc<str>>,
     /// Its server span, which the feedback's span links to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<String>,
+    pub span_id: Option<Arc<str>>,
 }
 
 impl Served {
@@ -54,14 +57,14 @@ impl Served {
     fn of(report: &Report) -> Option<Self> {
         let served_by = report.served_by.as_ref()?;
         Some(Self {
-            key: report.key.to_string(),
-            team: report.team.as_deref().map(str::to_owned),
-            model: report.model.as_deref().map(str::to_owned),
-            target: served_by.target.to_string(),
+            key: report.key.clone(),
+            team: report.team.clone(),
+            model: report.model.clone(),
+            target: served_by.target.clone(),
             prompt_version: None,
             variant: None,
-            trace_id: report.trace_id.as_deref().map(str::to_owned),
-            span_id: report.span_id.as_deref().map(str::to_owned),
+            trace_id: report.trace_id.clone(),
+            span_id: report.span_id.clone(),
         })
     }
 
@@ -256,7 +259,7 @@ mod tests {
         index.record(&report(keys.by_name("a1").unwrap(), true));
         let served = index.find("req_1").await.unwrap().unwrap();
         assert_eq!(
-            (served.target.as_str(), served.model.as_deref()),
+            (&*served.target, served.model.as_deref()),
             ("p/up", Some("m"))
         );
         assert_eq!(

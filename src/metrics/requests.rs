@@ -271,7 +271,8 @@ impl RequestMetrics {
         };
         let operation = operation_name(report.endpoint);
         let provider = served_by.provider_kind.gen_ai_provider_name();
-        let response_model = report.response_model.as_deref().map(Arc::from);
+        let response_model =
+            response_model_label(&served_by.upstream_model, report.response_model.as_deref());
         let labels = GenAiLabels {
             gen_ai_operation_name: operation,
             gen_ai_provider_name: provider,
@@ -331,8 +332,8 @@ impl RequestMetrics {
         let labels = GenAiLabels {
             gen_ai_operation_name: operation_name(Endpoint::ChatCompletions),
             gen_ai_provider_name: provider_kind.gen_ai_provider_name(),
+            gen_ai_response_model: response_model_label(&request_model, response_model),
             gen_ai_request_model: request_model,
-            gen_ai_response_model: response_model.map(Arc::from),
             error_type: None,
         };
         OutputChunks {
@@ -368,6 +369,21 @@ fn operation_name(endpoint: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "chat",
         Endpoint::Embeddings => "embeddings",
     }
+}
+
+/// The response model as a label: the request model's own string when they are the same
+/// (most answers), so that labelling it allocates nothing.
+fn response_model_label(
+    request_model: &Arc<str>,
+    response_model: Option<&str>,
+) -> Option<Arc<str>> {
+    response_model.map(|model| {
+        if **request_model == *model {
+            request_model.clone()
+        } else {
+            Arc::from(model)
+        }
+    })
 }
 
 fn seconds(duration: Duration) -> f64 {

@@ -65,6 +65,5 @@ pub const COST_USD: &str = "switchyard.cost.usd";
 pub const COST_SOURCE: &str = "switchyard.cost.source";
 pub const FINISH_REASONS: &str = "switchyard.finish_reasons";
 pub const RESUMED_ON: &str = "switchyard.resumed_on";
-pub const STEP: &str = "switchyard.step";
 /// A feedback's score, on the span linked to the request it scores.
 pub const FEEDBACK_SCORE: &str = "switchyard.feedback.score";

@@ -7,30 +7,49 @@
 //! full, export failed) is counted in `switchyard_telemetry_spans_dropped_total`, and
 //! the exporter's health is logged at WARN once per change (failing, then recovered).
 //!
+//! While the collector fails, spans that cannot be delivered are not made: after a failed
+//! export, export pauses for a time that doubles with each further failure
+//! ([`FIRST_PAUSE`] to [`LONGEST_PAUSE`]), and during the pause the sampler
+//! ([`Batcher::sampler`]) records no span (each one it declines is counted as dropped;
+//! trace ids are still made and propagated, unsampled) and the task drops what was
+//! already queued without encoding it. Then it tries again. An unreachable collector
+//! therefore costs one failed export per pause, not the building and encoding of every
+//! span.
+//!
 //! The SDK's own batch processor is not used: it runs on a thread of its own, where an
 //! async HTTP client finds no runtime, and it does not say how many spans it dropped.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use opentelemetry::Context;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId};
 use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SamplingResult, ShouldSample, Span, SpanData, SpanExporter,
+    SpanProcessor,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::settings::TraceSettings;
+use crate::clock;
 use crate::config::schema::OtlpProtocol;
 use crate::metrics::Metrics;
 use crate::providers::http_client::HttpClient;
+
+/// How long export pauses after a first failure, and at most after several.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 
 /// The OTLP exporter the settings ask for, speaking for `resource`.
 pub fn exporter(
@@ -145,8 +164,8 @@ pub struct BatchTask {
 
 impl Batcher {
     /// Starts the export task on the current runtime.
-    pub fn start(
-        exporter: opentelemetry_otlp::SpanExporter,
+    pub fn start<E: SpanExporter + 'static>(
+        exporter: E,
         settings: &TraceSettings,
         metrics: Arc<Metrics>,
     ) -> (Self, BatchTask) {
@@ -155,6 +174,7 @@ impl Batcher {
         let (stop, stopped) = watch::channel(false);
         let health = Arc::new(Health {
             failing: AtomicBool::new(false),
+            paused_until: AtomicU64::new(0),
             endpoint: settings.endpoint.clone(),
             metrics,
         });
@@ -165,9 +185,58 @@ impl Batcher {
             health: health.clone(),
             delay: batch.scheduled_delay,
             max_batch: batch.max_export_batch_size.max(1),
+            pause: FIRST_PAUSE,
         };
         let handle = tokio::spawn(run.run());
         (Self { queue, health }, BatchTask { handle, stop })
+    }
+
+    /// `sampler`, except that while export is paused it records nothing.
+    pub fn sampler(&self, sampler: Sampler) -> WhileExporting {
+        WhileExporting {
+            sampler,
+            health: self.health.clone(),
+        }
+    }
+}
+
+/// The configured sampler while the collector takes spans; no span while it does not.
+#[derive(Clone)]
+pub struct WhileExporting {
+    sampler: Sampler,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for WhileExporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("WhileExporting")
+            .field(&self.sampler)
+            .finish()
+    }
+}
+
+impl ShouldSample for WhileExporting {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if self.health.is_paused() {
+            self.health.dropped(1, "export is paused after a failure");
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: parent
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            };
+        }
+        self.sampler
+            .should_sample(parent, trace_id, name, kind, attributes, links)
     }
 }
 
@@ -193,6 +262,9 @@ impl SpanProcessor for Batcher {
 /// Whether export works, and the count of what it lost.
 struct Health {
     failing: AtomicBool,
+    /// After a failed export: until when (`clock::millis`) nothing is recorded or sent;
+    /// 0 when export is not paused.
+    paused_until: AtomicU64,
     endpoint: String,
     metrics: Arc<Metrics>,
 }
@@ -209,6 +281,16 @@ impl Health {
         }
     }
 
+    fn is_paused(&self) -> bool {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        until != 0 && clock::millis() < until
+    }
+
+    fn pause(&self, pause: Duration) {
+        let until = clock::millis() + clock::as_millis(pause);
+        self.paused_until.store(until, Ordering::Relaxed);
+    }
+
     fn exported(&self) {
         if self.failing.swap(false, Ordering::Relaxed) {
             tracing::warn!(endpoint = %self.endpoint, "trace export recovered");
@@ -216,16 +298,18 @@ impl Health {
     }
 }
 
-struct Run {
-    exporter: opentelemetry_otlp::SpanExporter,
+struct Run<E> {
+    exporter: E,
     spans: mpsc::Receiver<SpanData>,
     stopped: watch::Receiver<bool>,
     health: Arc<Health>,
     delay: Duration,
     max_batch: usize,
+    /// The next pause's length.
+    pause: Duration,
 }
 
-impl Run {
+impl<E: SpanExporter> Run<E> {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
@@ -238,7 +322,7 @@ impl Run {
                 }
                 _ = self.stopped.wait_for(|stop| *stop) => break,
             }
-            let until = crate::clock::now() + self.delay;
+            let until = clock::now() + self.delay;
             while batch.len() < self.max_batch {
                 let room = self.max_batch - batch.len();
                 tokio::select! {
@@ -250,6 +334,12 @@ impl Run {
                     () = tokio::time::sleep_until(until) => break,
                     _ = self.stopped.wait_for(|stop| *stop) => break,
                 }
+            }
+            if self.health.is_paused() {
+                self.health
+                    .dropped(batch.len(), "export is paused after a failure");
+                batch.clear();
+                continue;
             }
             self.export(&mut batch).await;
         }
@@ -263,14 +353,96 @@ impl Run {
         self.export(&mut batch).await;
     }
 
-    async fn export(&self, batch: &mut Vec<SpanData>) {
+    async fn export(&mut self, batch: &mut Vec<SpanData>) {
         if batch.is_empty() {
             return;
         }
         let spans = batch.len();
-        match self.exporter.export(std::mem::take(batch)).await {
-            Ok(()) => self.health.exported(),
-            Err(error) => self.health.dropped(spans, &error.to_string()),
+        let sending = std::mem::replace(batch, Vec::with_capacity(self.max_batch));
+        match self.exporter.export(sending).await {
+            Ok(()) => {
+                self.health.exported();
+                self.pause = FIRST_PAUSE;
+            }
+            Err(error) => {
+                self.health.dropped(spans, &error.to_string());
+                self.health.pause(self.pause);
+                self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::error::OTelSdkError;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+    use crate::config::schema::TraceBatchConfig;
+
+    /// A collector that is never there: counts the exports tried.
+    #[derive(Debug, Default)]
+    struct Unreachable(Arc<AtomicUsize>);
+
+    impl SpanExporter for Unreachable {
+        async fn export(&self, _: Vec<SpanData>) -> OTelSdkResult {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Err(OTelSdkError::InternalFailure("connection refused".into()))
+        }
+    }
+
+    fn settings() -> TraceSettings {
+        TraceSettings {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            headers: Vec::new(),
+            sampling_ratio: 1.0,
+            service_name: "test".into(),
+            resource_attributes: Vec::new(),
+            content_max_bytes: None,
+            timeout: Duration::from_secs(1),
+            batch: TraceBatchConfig {
+                scheduled_delay: Duration::from_millis(10),
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_collector_is_tried_once_per_pause_and_every_span_is_counted() {
+        let exporter = Unreachable::default();
+        let tried = exporter.0.clone();
+        let metrics = Arc::new(Metrics::new());
+        let (batcher, task) = Batcher::start(exporter, &settings(), metrics.clone());
+        let sampler = batcher.sampler(Sampler::AlwaysOn);
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
+            .with_span_processor(batcher)
+            .build();
+        let tracer = provider.tracer("test");
+        // A span every 100 ms for 8 s: exports fail at 0 s, then after pauses of 1, 2
+        // and 4 s (at about 1, 3 and 7 s); during the pauses no span is recorded.
+        let mut recorded = 0;
+        for _ in 0..80 {
+            let mut span = tracer.start("request");
+            recorded += usize::from(span.is_recording());
+            span.end();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(tried.load(Ordering::Relaxed), 4);
+        assert_eq!(recorded, 4, "one span before each export");
+        let _ = task.stop.send(true);
+        let _ = task.handle.await;
+        let dropped = metrics
+            .render(false)
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_telemetry_spans_dropped_total "))
+            .map(str::to_owned);
+        assert_eq!(dropped.as_deref(), Some("80"));
     }
 }

@@ -21,14 +21,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::borrow::Cow;
+
+use http::header::{HeaderName, HeaderValue};
 use http::{Extensions, HeaderMap, Method};
+use opentelemetry::propagation::Injector;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
@@ -80,9 +84,10 @@ impl Traces {
         let exporter = exporter(&settings, client, &resource)?;
         let (batcher, task) = Batcher::start(exporter, &settings, metrics.clone());
         let ratio = Sampler::TraceIdRatioBased(settings.sampling_ratio);
+        let sampler = batcher.sampler(Sampler::ParentBased(Box::new(ratio)));
         let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
             .with_span_processor(batcher)
-            .with_sampler(Sampler::ParentBased(Box::new(ratio)))
             .with_resource(resource)
             .build();
         tracing::info!(
@@ -116,19 +121,27 @@ impl Traces {
         let Some(tracing) = &self.0 else {
             return RequestTrace(None);
         };
-        let parent = tracing.propagator.extract(&HeaderExtractor(headers));
+        // Most requests carry no trace context: they start a trace without reading the
+        // propagator (or the thread's current context).
+        let parent = if headers.contains_key(TRACEPARENT) {
+            tracing.propagator.extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
+        let (name, route) = server_span_name(method, route);
         let span = tracing
             .tracer
-            .span_builder(format!("{method} {route}"))
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes([
                 KeyValue::new(attr::HTTP_REQUEST_METHOD, method_name(method)),
-                KeyValue::new(attr::HTTP_ROUTE, route.to_owned()),
+                KeyValue::new(attr::HTTP_ROUTE, route),
                 KeyValue::new(attr::REQUEST_ID, request_id),
             ])
             .start_with_context(&tracing.tracer, &parent);
         let context = span.span_context().clone();
         RequestTrace(Some(Arc::new(Server {
+            recording: span.is_recording(),
             trace_id: Arc::from(context.trace_id().to_string()),
             span_id: Arc::from(context.span_id().to_string()),
             cx: parent.with_span(span),
@@ -159,6 +172,9 @@ pub struct RequestTrace(Option<Arc<Server>>);
 
 struct Server {
     cx: Context,
+    /// Whether the server span records (the trace is sampled): an unsampled request makes
+    /// no child spans, it only passes its context on.
+    recording: bool,
     trace_id: Arc<str>,
     span_id: Arc<str>,
     tracing: Arc<Tracing>,
@@ -198,12 +214,12 @@ impl RequestTrace {
     /// A child span for one step of the pipeline, ended when dropped. Adding a step's
     /// span is one line: `let step = ctx.record.trace().step("cache");`.
     pub fn step(&self, name: &'static str) -> StepSpan {
-        StepSpan(self.0.as_ref().map(|server| {
+        let recording = self.0.as_ref().filter(|server| server.recording);
+        StepSpan(recording.map(|server| {
             let tracer = &server.tracing.tracer;
             tracer
                 .span_builder(name)
                 .with_kind(SpanKind::Internal)
-                .with_attributes([KeyValue::new(attr::STEP, name)])
                 .start_with_context(tracer, &server.cx)
         }))
     }
@@ -245,13 +261,9 @@ impl RequestTrace {
             Some(_) => attr::OPERATION_CHAT,
             None => attr::OPERATION_EMBEDDINGS,
         };
-        if !server.cx.span().is_recording() {
-            // Not sampled: only the context goes upstream (with its sampled flag off).
-            let span = tracer.build_with_context(
-                tracer.span_builder(operation).with_kind(SpanKind::Client),
-                &server.cx,
-            );
-            return AttemptSpan::started(server, server.cx.with_span(span));
+        if !server.recording {
+            // Not sampled: no span; the request's context goes upstream (sampled flag off).
+            return AttemptSpan::unrecorded(server);
         }
         let mut attributes = Vec::with_capacity(16);
         attributes.extend([
@@ -418,15 +430,16 @@ pub struct AttemptSpan {
 }
 
 impl AttemptSpan {
+    fn unrecorded(server: &Server) -> Self {
+        let mut unrecorded = Self::default();
+        unrecorded.headers = context_headers(server, &server.cx);
+        unrecorded
+    }
+
     fn started(server: &Server, cx: Context) -> Self {
-        let mut headers = HeaderMap::new();
-        server
-            .tracing
-            .propagator
-            .inject_context(&cx, &mut HeaderInjector(&mut headers));
         Self {
+            headers: context_headers(server, &cx),
             cx: Some(cx),
-            headers,
             content_max_bytes: server.tracing.content_max_bytes,
             output: String::new(),
         }
@@ -528,6 +541,55 @@ impl Drop for AttemptSpan {
                 KeyValue::new(attr::CLIENT_LEFT, true),
             ]);
             span.end();
+        }
+    }
+}
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The SERVER span's name (`{method} {route}`) and route: static for the routes every
+/// request takes, so that naming the span allocates nothing.
+fn server_span_name(method: &Method, route: &str) -> (Cow<'static, str>, Cow<'static, str>) {
+    const KNOWN: [(&str, &str); 3] = [
+        ("/v1/chat/completions", "POST /v1/chat/completions"),
+        ("/v1/embeddings", "POST /v1/embeddings"),
+        ("/v1/feedback", "POST /v1/feedback"),
+    ];
+    let known = KNOWN.iter().find(|(known, _)| *known == route);
+    match known {
+        Some((route, name)) if method == Method::POST => (Cow::from(*name), Cow::from(*route)),
+        _ => (
+            Cow::from(format!("{method} {route}")),
+            Cow::from(route.to_owned()),
+        ),
+    }
+}
+
+/// The headers that carry `cx` upstream.
+fn context_headers(server: &Server, cx: &Context) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let propagator = &server.tracing.propagator;
+    propagator.inject_context(cx, &mut ContextHeaders(&mut headers));
+    headers
+}
+
+/// Writes the W3C trace context into upstream headers, naming the two headers it uses
+/// without parsing their names again for every request.
+struct ContextHeaders<'a>(&'a mut HeaderMap);
+
+impl Injector for ContextHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name = match key {
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            self.0.insert(name, value);
         }
     }
 }
