@@ -315,6 +315,7 @@ impl RequestRecord {
             resumed_on: state.resumed_on.take(),
             trace_id: self.trace.trace_id().cloned(),
             span_id: self.trace.span_id().cloned(),
+            trace_recorded: self.trace.is_recording(),
         }
     }
 }

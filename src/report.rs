@@ -107,6 +107,9 @@ pub struct Report {
     /// are on.
     pub trace_id: Option<Arc<str>>,
     pub span_id: Option<Arc<str>>,
+    /// Whether the trace's spans were recorded: sampled, and not while export was paused.
+    /// Only a recorded trace is worth linking to (exemplars).
+    pub trace_recorded: bool,
 }
 
 impl Report {

@@ -203,7 +203,18 @@ async fn latency_buckets_link_to_the_requests_trace() {
     let reply = s.chat(&ask("m")).await;
     let trace_id = reply.header("x-switchyard-trace-id").unwrap().to_owned();
     let exemplar = format!("# {{trace_id=\"{trace_id}\"}}");
-    let text = eventually("the request reported", async || {
+    // A request whose trace is not sampled records no span: it is no exemplar.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let response = common::client()
+        .post(format!("{}/v1/chat/completions", s.gateway.url))
+        .bearer_auth(common::TEST_KEY)
+        .header("traceparent", format!("00-{unsampled}-b7ad6b7169203331-00"))
+        .json(&ask("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = eventually("both requests reported", async || {
         let response = common::client()
             .get(format!("{}/metrics", s.gateway.url))
             .header("accept", "application/openmetrics-text")
@@ -211,10 +222,17 @@ async fn latency_buckets_link_to_the_requests_trace() {
             .await
             .unwrap();
         let text = response.text().await.unwrap();
-        text.contains("switchyard_request_duration_seconds_count")
+        text.lines()
+            .any(|l| {
+                l.starts_with("switchyard_request_duration_seconds_count") && l.ends_with(" 2")
+            })
             .then_some(text)
     })
     .await;
+    assert!(
+        !text.contains(unsampled),
+        "an unsampled trace linked:\n{text}"
+    );
     for family in [
         "switchyard_request_duration_seconds_bucket",
         "switchyard_gateway_overhead_seconds_bucket",

@@ -196,6 +196,7 @@ mod tests {
             request_id: "req_1".into(),
             trace_id: None,
             span_id: None,
+            trace_recorded: false,
             correlation_id: None,
             endpoint: Endpoint::ChatCompletions,
             status: 200,

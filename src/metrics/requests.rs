@@ -205,9 +205,11 @@ impl RequestMetrics {
     }
 
     pub fn record(&self, report: &Report) {
+        // Only a recorded trace is linked: an unsampled one is nowhere to be found.
         let trace = report
             .trace_id
             .clone()
+            .filter(|_| report.trace_recorded)
             .map(|trace_id| TraceExemplar { trace_id });
         let model = report.model.clone().unwrap_or_else(|| Arc::from("unknown"));
         let target = report.served_by.as_ref().map(|s| s.target.clone());

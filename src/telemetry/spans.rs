@@ -205,6 +205,11 @@ impl RequestTrace {
         }
     }
 
+    /// Whether this request's spans are recorded (the trace is sampled).
+    pub fn is_recording(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.recording)
+    }
+
     pub fn is_claimed(&self) -> bool {
         self.0
             .as_ref()
