@@ -10,8 +10,9 @@
 //! While the collector fails, spans that cannot be delivered are not made: after a failed
 //! export, export pauses for a time that doubles with each further failure
 //! ([`FIRST_PAUSE`] to [`LONGEST_PAUSE`]), and during the pause the sampler
-//! ([`Batcher::sampler`]) records no span (each one it declines is counted as dropped;
-//! trace ids are still made and propagated, unsampled) and the task drops what was
+//! ([`Batcher::sampler`]) records no span (each one it declines is counted as dropped:
+//! a request's server span, as an unsampled request starts no other; trace ids are still
+//! made and propagated, unsampled) and the task drops what was
 //! already queued without encoding it. Then it tries again. An unreachable collector
 //! therefore costs one failed export per pause, not the building and encoding of every
 //! span.
