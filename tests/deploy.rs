@@ -60,7 +60,7 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exposed() {
     let gateway = TestGateway::start(&config).await;
     run_workload(&gateway, TEST_KEY).await;
     run_incidents(&gateway, &config).await;
-    let exposed = exposed_families(&scrape(&gateway).await);
+    let exposed = exposed_families(&gateway.metrics().await);
 
     let queried = queried_families();
     assert!(
@@ -198,7 +198,8 @@ async fn run_incidents(gateway: &TestGateway, config: &str) {
 
     gateway.replace_config(&format!("{config}\n# reloaded\n"));
     common::eventually("a config reload on /metrics", async || {
-        scrape(gateway)
+        gateway
+            .metrics()
             .await
             .contains("switchyard_config_reloads_total{")
             .then_some(())
@@ -216,17 +217,6 @@ async fn post(gateway: &TestGateway, key: &str, path: &str, body: &Value) -> req
         .bearer_auth(key)
         .json(body)
         .send()
-        .await
-        .unwrap()
-}
-
-async fn scrape(gateway: &TestGateway) -> String {
-    common::client()
-        .get(format!("{}/metrics", gateway.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
         .await
         .unwrap()
 }

@@ -102,18 +102,6 @@ fn events(logs: &Logs) -> Vec<Value> {
         .collect()
 }
 
-async fn metrics(gateway: &TestGateway) -> String {
-    let url = format!("{}/metrics", gateway.url);
-    common::client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn scores_up_down_and_numbers_replacing_the_previous_one() {
     let (logs, _guard) = Logs::capture();
@@ -146,7 +134,7 @@ async fn scores_up_down_and_numbers_replacing_the_previous_one() {
         feedback(&gateway, TEST_KEY, &json!({"request_id": id, "score": 0.5})).await;
     assert_eq!((status, &answer["score"]), (200, &json!(0.5)));
 
-    let text = metrics(&gateway).await;
+    let text = gateway.metrics().await;
     for (rating, count) in [("positive", 2), ("negative", 1), ("neutral", 1)] {
         let line = format!(
             "switchyard_feedback_total{{model=\"echo\",target=\"{TARGET}\",rating=\"{rating}\"}} {count}"
@@ -400,7 +388,7 @@ async fn with_redis_any_replica_takes_feedback_for_any_replicas_request() {
         ))
     };
     assert!(
-        counted(metrics(&second).await),
+        counted(second.metrics().await),
         "counted where it was given"
     );
 }

@@ -189,6 +189,11 @@ impl TestGateway {
             .await
             .unwrap()
     }
+
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.unwrap()
+    }
 }
 
 /// The config with the test key's `auth` section appended, unless it has its own.

@@ -501,7 +501,7 @@ impl Scenario {
 
     /// The gateway's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        self.gateway.get("/metrics").await.text().await.unwrap()
+        self.gateway.metrics().await
     }
 
     /// Sends `body` `n` times, `concurrency` at a time; the answers in the order they came.
